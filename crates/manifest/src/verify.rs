@@ -1,0 +1,108 @@
+//! Checking a directory against a manifest, reporting exactly what differs.
+
+use crate::build::{BuildError, Progress, ScannedFile, hash_chunks, scan};
+use crate::format::Manifest;
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// True if the directory holds exactly the manifest's files and bytes.
+    pub ok: bool,
+    pub files_checked: u64,
+    pub bytes_checked: u64,
+    /// In the manifest, not in the directory.
+    pub missing: Vec<String>,
+    /// In the directory, not in the manifest.
+    pub extra: Vec<String>,
+    pub size_mismatch: Vec<SizeMismatch>,
+    /// Executable bit differs.
+    pub mode_mismatch: Vec<String>,
+    pub corrupt: Vec<CorruptChunk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SizeMismatch {
+    pub path: String,
+    pub expected: u64,
+    pub actual: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CorruptChunk {
+    pub path: String,
+    /// Index in the manifest's chunk table.
+    pub chunk: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Verifies `dir` against `manifest`, hashing every chunk in parallel.
+pub fn verify_dir(
+    dir: &Path,
+    manifest: &Manifest,
+    progress: Option<&Progress>,
+) -> Result<VerifyReport, BuildError> {
+    let scanned = scan(dir)?;
+    let mut rep = VerifyReport::default();
+    let mut to_hash: Vec<(usize, &ScannedFile)> = Vec::new();
+    let mut si = 0;
+    for (fi, f) in manifest.files().iter().enumerate() {
+        while si < scanned.len() && scanned[si].path.as_bytes() < f.path.as_bytes() {
+            rep.extra.push(scanned[si].path.clone());
+            si += 1;
+        }
+        match scanned.get(si) {
+            Some(s) if s.path == f.path => {
+                si += 1;
+                if s.executable != f.executable {
+                    rep.mode_mismatch.push(f.path.clone());
+                }
+                if s.stat.size != f.size {
+                    rep.size_mismatch.push(SizeMismatch {
+                        path: f.path.clone(),
+                        expected: f.size,
+                        actual: s.stat.size,
+                    });
+                } else {
+                    to_hash.push((fi, s));
+                }
+            }
+            _ => rep.missing.push(f.path.clone()),
+        }
+    }
+    rep.extra.extend(scanned[si..].iter().map(|s| s.path.clone()));
+    if let Some(p) = progress {
+        let total = to_hash.iter().map(|(_, s)| s.stat.size).sum();
+        p.total.store(total, Ordering::Relaxed);
+    }
+    let cs = manifest.chunk_size();
+    let results: Vec<Vec<crate::verify::CorruptChunk>> = to_hash
+        .par_iter()
+        .map(|&(fi, s)| {
+            let chunks = manifest.file_chunks(fi);
+            let which: Vec<u64> = (0..chunks.len() as u64).collect();
+            let got = hash_chunks(s, cs, &which, progress, &|_| {})?;
+            Ok(got
+                .into_iter()
+                .filter(|(k, h)| chunks[*k as usize].hash != *h)
+                .map(|(k, _)| CorruptChunk {
+                    path: s.path.clone(),
+                    chunk: manifest.first_chunk(fi) + k,
+                    offset: chunks[k as usize].offset,
+                    len: chunks[k as usize].len,
+                })
+                .collect())
+        })
+        .collect::<Result<_, BuildError>>()?;
+    rep.corrupt = results.into_iter().flatten().collect();
+    rep.files_checked = to_hash.len() as u64;
+    rep.bytes_checked = to_hash.iter().map(|(_, s)| s.stat.size).sum();
+    rep.ok = rep.missing.is_empty()
+        && rep.extra.is_empty()
+        && rep.size_mismatch.is_empty()
+        && rep.mode_mismatch.is_empty()
+        && rep.corrupt.is_empty();
+    Ok(rep)
+}
