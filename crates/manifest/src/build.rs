@@ -141,6 +141,7 @@ pub struct BuildReport {
     pub chunks_sampled: u64,
 }
 
+#[derive(Debug)]
 pub struct Built {
     pub manifest: Manifest,
     /// Metadata of the files as hashed, for the next automatic build.
