@@ -8,7 +8,9 @@
 //! was being hashed, or that reads short, is an error ([`BuildError::Changed`]),
 //! never a wrong manifest.
 
-use crate::format::{ChunkEntry, FileEntry, Manifest, ManifestError, chunk_count, check_chunk_size};
+use crate::format::{
+    ChunkEntry, FileEntry, Manifest, ManifestError, check_chunk_size, chunk_count,
+};
 use crate::hash::{Domain, Hash, chunk_hash, file_hash};
 use crate::path::{self, PathError};
 use crate::stats::{FileStat, StatCache};
@@ -52,7 +54,10 @@ pub enum BuildError {
     Manifest(#[from] ManifestError),
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
     move |source| BuildError::Io {
         op,
         path: path.to_path_buf(),
@@ -400,7 +405,9 @@ impl FilePlan {
     }
     /// Chunks that must be read: unknown ones and sampled ones.
     fn to_read(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = (0..self.count).filter(|&k| self.known(k).is_none()).collect();
+        let mut v: Vec<u64> = (0..self.count)
+            .filter(|&k| self.known(k).is_none())
+            .collect();
         v.extend_from_slice(&self.sample);
         v.sort_unstable();
         v
@@ -588,9 +595,15 @@ pub(crate) fn hash_chunks(
         })
     };
     let out: Vec<(u64, Hash)> = if which.len() > 1 {
-        which.par_iter().map(|&k| hash_one(k)).collect::<Result<_, _>>()?
+        which
+            .par_iter()
+            .map(|&k| hash_one(k))
+            .collect::<Result<_, _>>()?
     } else {
-        which.iter().map(|&k| hash_one(k)).collect::<Result<_, _>>()?
+        which
+            .iter()
+            .map(|&k| hash_one(k))
+            .collect::<Result<_, _>>()?
     };
     // A file that grew past its scanned size also changed.
     let mut probe = [0u8; 1];

@@ -72,9 +72,7 @@ pub enum ManifestError {
     UnsupportedVersion(u16),
     #[error("reserved flags are {0:#06x}, must be 0")]
     Flags(u16),
-    #[error(
-        "chunk size {0} is not a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
-    )]
+    #[error("chunk size {0} is not a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")]
     ChunkSize(u32),
     #[error("{count} files exceed the limit of {MAX_FILES}")]
     TooManyFiles { count: u64 },
@@ -174,7 +172,9 @@ impl Manifest {
         let mut total = 0u64;
         for f in &files {
             first_chunk.push(next);
-            total = total.checked_add(f.size).ok_or(ManifestError::SizeOverflow)?;
+            total = total
+                .checked_add(f.size)
+                .ok_or(ManifestError::SizeOverflow)?;
             next += chunk_count(f.size, chunk_size);
             if next > MAX_CHUNKS {
                 return Err(ManifestError::TooManyChunks { count: next });
@@ -693,8 +693,8 @@ impl RootHeader {
     ) -> Result<(), PieceError> {
         let n = u64::from(self.file_count);
         let what = "file";
-        let (lo, hi) =
-            piece_range(n, FILE_PIECE_LEVEL, index).ok_or(PieceError::NoSuchPiece { what, index })?;
+        let (lo, hi) = piece_range(n, FILE_PIECE_LEVEL, index)
+            .ok_or(PieceError::NoSuchPiece { what, index })?;
         if entries.len() != hi - lo {
             return Err(PieceError::EntryCount {
                 what,
@@ -755,12 +755,13 @@ impl RootHeader {
             });
         }
         for (k, e) in entries.iter().enumerate() {
-            self.check_chunk_entry(e).map_err(|reason| PieceError::Inconsistent {
-                what,
-                index,
-                entry: k,
-                reason,
-            })?;
+            self.check_chunk_entry(e)
+                .map_err(|reason| PieceError::Inconsistent {
+                    what,
+                    index,
+                    entry: k,
+                    reason,
+                })?;
         }
         let leaves: Vec<Hash> = entries.iter().map(chunk_leaf).collect();
         let level = piece_level(n, CHUNK_PIECE_LEVEL);
@@ -782,7 +783,7 @@ impl RootHeader {
         if e.len == 0 || e.len > self.chunk_size {
             return Err(format!("length {} not in 1..={}", e.len, self.chunk_size));
         }
-        if e.offset % u64::from(self.chunk_size) != 0 {
+        if !e.offset.is_multiple_of(u64::from(self.chunk_size)) {
             return Err(format!("offset {} not chunk-aligned", e.offset));
         }
         Ok(())

@@ -32,7 +32,13 @@ pub enum ProofError {
 const PAR_THRESHOLD: usize = 1 << 14;
 
 fn next_level(level: &[Hash]) -> Vec<Hash> {
-    let pair = |c: &[Hash]| if c.len() == 2 { node_hash(&c[0], &c[1]) } else { c[0] };
+    let pair = |c: &[Hash]| {
+        if c.len() == 2 {
+            node_hash(&c[0], &c[1])
+        } else {
+            c[0]
+        }
+    };
     if level.len() >= PAR_THRESHOLD {
         level.par_chunks(2).map(pair).collect()
     } else {
@@ -105,7 +111,11 @@ pub fn width(leaves: u64, level: u32) -> u64 {
 
 /// Number of sibling hashes a proof for node (`level`, `index`) must contain.
 pub fn proof_len(leaves: u64, level: u32, index: u64) -> Result<usize, ProofError> {
-    let no_node = ProofError::NoSuchNode { leaves, level, index };
+    let no_node = ProofError::NoSuchNode {
+        leaves,
+        level,
+        index,
+    };
     if leaves == 0 || index >= width(leaves, level) {
         return Err(no_node);
     }
@@ -131,7 +141,10 @@ pub fn root_from_proof(
 ) -> Result<Hash, ProofError> {
     let want = proof_len(leaves, level, index)?;
     if proof.len() != want {
-        return Err(ProofError::WrongLength { got: proof.len(), want });
+        return Err(ProofError::WrongLength {
+            got: proof.len(),
+            want,
+        });
     }
     let (mut i, mut l, mut h) = (index, level, node);
     let mut sibs = proof.iter();
@@ -185,7 +198,9 @@ mod tests {
     use crate::hash::Domain;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n as u64).map(|i| Domain::ChunkLeaf.hash(&i.to_le_bytes())).collect()
+        (0..n as u64)
+            .map(|i| Domain::ChunkLeaf.hash(&i.to_le_bytes()))
+            .collect()
     }
 
     #[test]

@@ -108,7 +108,14 @@ mod tests {
 
     #[test]
     fn accepts_normal_paths() {
-        for p in ["a", "a/b", "dir/sub/file.bin", "x..y", ".hidden", "a/.b/..c"] {
+        for p in [
+            "a",
+            "a/b",
+            "dir/sub/file.bin",
+            "x..y",
+            ".hidden",
+            "a/.b/..c",
+        ] {
             assert_eq!(validate(p), Ok(()), "{p}");
         }
     }

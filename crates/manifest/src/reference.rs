@@ -39,16 +39,31 @@ pub fn manifest_of_tree(chunk_size: u32, files: &[TreeFile]) -> Result<Manifest,
 /// Reads a directory into an in-memory tree, recursively (regular files only).
 pub fn read_tree(dir: &std::path::Path) -> std::io::Result<Vec<TreeFile>> {
     use std::os::unix::fs::PermissionsExt;
-    fn walk(root: &std::path::Path, d: &std::path::Path, out: &mut Vec<TreeFile>) -> std::io::Result<()> {
+    fn walk(
+        root: &std::path::Path,
+        d: &std::path::Path,
+        out: &mut Vec<TreeFile>,
+    ) -> std::io::Result<()> {
         for e in std::fs::read_dir(d)? {
             let e = e?;
             let md = std::fs::symlink_metadata(e.path())?;
             if md.is_dir() {
                 walk(root, &e.path(), out)?;
             } else if md.is_file() {
-                let rel = e.path().strip_prefix(root).map_err(std::io::Error::other)?.to_path_buf();
-                let rel = rel.to_str().ok_or_else(|| std::io::Error::other("non-UTF-8 path"))?.to_string();
-                out.push((rel, std::fs::read(e.path())?, md.permissions().mode() & 0o100 != 0));
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .map_err(std::io::Error::other)?
+                    .to_path_buf();
+                let rel = rel
+                    .to_str()
+                    .ok_or_else(|| std::io::Error::other("non-UTF-8 path"))?
+                    .to_string();
+                out.push((
+                    rel,
+                    std::fs::read(e.path())?,
+                    md.permissions().mode() & 0o100 != 0,
+                ));
             }
         }
         Ok(())

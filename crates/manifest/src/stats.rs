@@ -24,8 +24,14 @@ impl FileStat {
             dev: md.dev(),
             ino: md.ino(),
             size: md.size(),
-            mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()),
-            ctime_ns: md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec()),
+            mtime_ns: md
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
+            ctime_ns: md
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.ctime_nsec()),
         }
     }
 
@@ -201,7 +207,11 @@ mod tests {
         let d = StatCache::decode(&c.encode()).unwrap();
         assert_eq!(d, c);
         assert!(d.get("a/b").unwrap().trustworthy_match(&st));
-        assert!(!d.get("a/b").unwrap().trustworthy_match(&FileStat { size: 4, ..st }));
+        assert!(
+            !d.get("a/b")
+                .unwrap()
+                .trustworthy_match(&FileStat { size: 4, ..st })
+        );
         assert!(!d.get("r").unwrap().trustworthy_match(&racy));
         let enc = c.encode();
         for cut in 0..enc.len() {

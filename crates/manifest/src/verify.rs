@@ -72,7 +72,8 @@ pub fn verify_dir(
             _ => rep.missing.push(f.path.clone()),
         }
     }
-    rep.extra.extend(scanned[si..].iter().map(|s| s.path.clone()));
+    rep.extra
+        .extend(scanned[si..].iter().map(|s| s.path.clone()));
     if let Some(p) = progress {
         let total = to_hash.iter().map(|(_, s)| s.stat.size).sum();
         p.total.store(total, Ordering::Relaxed);

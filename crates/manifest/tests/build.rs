@@ -4,7 +4,9 @@
 mod common;
 
 use proptest::prelude::*;
-use statesync_manifest::build::{BuildError, BuildOptions, ChangeSet, Hint, Previous, build, build_incremental};
+use statesync_manifest::build::{
+    BuildError, BuildOptions, ChangeSet, Hint, Previous, build, build_incremental,
+};
 use statesync_manifest::diff::{ChunkAction, LocalSource, plan};
 use statesync_manifest::reference::{TreeFile, manifest_of_tree, read_tree};
 use statesync_manifest::verify::verify_dir;
@@ -25,8 +27,17 @@ fn opts(sample_rate: f64, height: u64) -> BuildOptions {
 /// order matter), sizes around chunk boundaries, some zero and duplicate data.
 fn tree_strategy() -> impl Strategy<Value = Vec<TreeFile>> {
     let file = (
-        prop::collection::vec(prop::sample::select(vec!["a", "b", "a.b", "c-d", "Z"]), 1..4),
-        prop_oneof![Just(0usize), 1usize..50, 1000usize..1100, 2040usize..2060, 0usize..5000],
+        prop::collection::vec(
+            prop::sample::select(vec!["a", "b", "a.b", "c-d", "Z"]),
+            1..4,
+        ),
+        prop_oneof![
+            Just(0usize),
+            1usize..50,
+            1000usize..1100,
+            2040usize..2060,
+            0usize..5000
+        ],
         0u8..4,
         any::<bool>(),
         any::<u8>(),
@@ -39,7 +50,9 @@ fn tree_strategy() -> impl Strategy<Value = Vec<TreeFile>> {
             let data: Vec<u8> = match kind {
                 0 => vec![0u8; size],
                 1 => vec![7u8; size],
-                _ => (0..size).map(|i| (i as u8).wrapping_mul(seed | 1) ^ seed).collect(),
+                _ => (0..size)
+                    .map(|i| (i as u8).wrapping_mul(seed | 1) ^ seed)
+                    .collect(),
             };
             seen.insert(path, (data, exec));
         }
@@ -49,12 +62,30 @@ fn tree_strategy() -> impl Strategy<Value = Vec<TreeFile>> {
 
 #[derive(Debug, Clone)]
 enum Change {
-    Write { file: usize, at: usize, len: usize, byte: u8 },
-    Append { file: usize, len: usize },
-    Truncate { file: usize, to: usize },
-    Remove { file: usize },
-    Add { name: u8, len: usize },
-    Chmod { file: usize },
+    Write {
+        file: usize,
+        at: usize,
+        len: usize,
+        byte: u8,
+    },
+    Append {
+        file: usize,
+        len: usize,
+    },
+    Truncate {
+        file: usize,
+        to: usize,
+    },
+    Remove {
+        file: usize,
+    },
+    Add {
+        name: u8,
+        len: usize,
+    },
+    Chmod {
+        file: usize,
+    },
 }
 
 fn change_strategy() -> impl Strategy<Value = Vec<Change>> {
@@ -79,28 +110,46 @@ fn apply(tree: &[TreeFile], changes: &[Change]) -> (Vec<TreeFile>, ChangeSet) {
         }
         let n = t.len().max(1);
         match *c {
-            Change::Write { file, at, len, byte } => {
+            Change::Write {
+                file,
+                at,
+                len,
+                byte,
+            } => {
                 let f = &mut t[file % n];
-                let at = if f.1.is_empty() { 0 } else { at % (f.1.len() + 1) };
+                let at = if f.1.is_empty() {
+                    0
+                } else {
+                    at % (f.1.len() + 1)
+                };
                 let end = at + len;
                 if f.1.len() < end {
                     f.1.resize(end, 0);
                 }
                 f.1[at..end].fill(byte);
-                cs.written.entry(f.0.clone()).or_default().push((at as u64, end as u64));
+                cs.written
+                    .entry(f.0.clone())
+                    .or_default()
+                    .push((at as u64, end as u64));
             }
             Change::Append { file, len } => {
                 let f = &mut t[file % n];
                 let at = f.1.len();
                 f.1.extend((0..len).map(|i| i as u8 ^ 0x5a));
-                cs.written.entry(f.0.clone()).or_default().push((at as u64, (at + len) as u64));
+                cs.written
+                    .entry(f.0.clone())
+                    .or_default()
+                    .push((at as u64, (at + len) as u64));
             }
             Change::Truncate { file, to } => {
                 let f = &mut t[file % n];
                 let to = to % (f.1.len() + 1);
                 f.1.truncate(to);
                 // A truncation is reported as a write at the new end.
-                cs.written.entry(f.0.clone()).or_default().push((to as u64, to as u64 + 1));
+                cs.written
+                    .entry(f.0.clone())
+                    .or_default()
+                    .push((to as u64, to as u64 + 1));
             }
             Change::Remove { file } => {
                 let f = t.remove(file % n);
@@ -113,7 +162,11 @@ fn apply(tree: &[TreeFile], changes: &[Change]) -> (Vec<TreeFile>, ChangeSet) {
                     continue;
                 }
                 cs.removed.remove(&p);
-                t.push((p.clone(), (0..len).map(|i| (i as u8).wrapping_add(name)).collect(), false));
+                t.push((
+                    p.clone(),
+                    (0..len).map(|i| (i as u8).wrapping_add(name)).collect(),
+                    false,
+                ));
                 cs.written.insert(p, vec![(0, len as u64)]);
             }
             Change::Chmod { file } => {
@@ -194,44 +247,73 @@ fn incremental_reuses_and_hashes_only_what_changed() {
     let d0 = tempfile::tempdir().unwrap();
     common::write_tree(d0.path(), &tree);
     let prev = build(d0.path(), &opts(0.0, 0)).unwrap();
-    let changes = vec![Change::Write { file: 3, at: 5000, len: 10, byte: 1 }];
+    let changes = vec![Change::Write {
+        file: 3,
+        at: 5000,
+        len: 10,
+        byte: 1,
+    }];
     let (new, cs) = apply(&tree, &changes);
     let d1 = tempfile::tempdir().unwrap();
     write_linked(d0.path(), &tree, d1.path(), &new);
-    let p = Previous { manifest: &prev.manifest, dir: None, stats: None };
+    let p = Previous {
+        manifest: &prev.manifest,
+        dir: None,
+        stats: None,
+    };
     let got = build_incremental(d1.path(), &opts(0.0, 9), &p, Hint::Exact(&cs)).unwrap();
     assert_eq!(got.report.chunks_hashed, 1);
     assert_eq!(got.report.bytes_hashed, u64::from(CS));
     assert_eq!(got.report.chunks_reused, 199);
-    assert_eq!(got.manifest.root(), manifest_of_tree(CS, &new).unwrap().root());
+    assert_eq!(
+        got.manifest.root(),
+        manifest_of_tree(CS, &new).unwrap().root()
+    );
 
     // The same sample is chosen on every run for the same height.
     let a = build_incremental(d1.path(), &opts(0.2, 9), &p, Hint::Exact(&cs)).unwrap();
     let b = build_incremental(d1.path(), &opts(0.2, 9), &p, Hint::Exact(&cs)).unwrap();
     assert_eq!(a.report.chunks_sampled, b.report.chunks_sampled);
-    assert!((15..70).contains(&a.report.chunks_sampled), "{}", a.report.chunks_sampled);
+    assert!(
+        (15..70).contains(&a.report.chunks_sampled),
+        "{}",
+        a.report.chunks_sampled
+    );
 }
 
 #[test]
 fn auto_mode_trusts_old_enough_stat_cache_and_nothing_racy() {
-    let tree: Vec<TreeFile> = (0..4).map(|i| (format!("f{i}"), vec![i as u8; 3000], false)).collect();
+    let tree: Vec<TreeFile> = (0..4)
+        .map(|i| (format!("f{i}"), vec![i as u8; 3000], false))
+        .collect();
     let d = tempfile::tempdir().unwrap();
     common::write_tree(d.path(), &tree);
     // Built right after writing: every entry is racy, nothing may be reused.
     let first = build(d.path(), &opts(0.0, 0)).unwrap();
-    let p = Previous { manifest: &first.manifest, dir: None, stats: Some(&first.stats) };
+    let p = Previous {
+        manifest: &first.manifest,
+        dir: None,
+        stats: Some(&first.stats),
+    };
     let again = build_incremental(d.path(), &opts(0.0, 1), &p, Hint::Auto).unwrap();
     assert_eq!(again.report.files_reused, 0);
     // Once the files are older than the racy window, unchanged ones are reused.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let second = build(d.path(), &opts(0.0, 0)).unwrap();
     std::fs::write(d.path().join("f2"), vec![9u8; 3000]).unwrap();
-    let p = Previous { manifest: &second.manifest, dir: None, stats: Some(&second.stats) };
+    let p = Previous {
+        manifest: &second.manifest,
+        dir: None,
+        stats: Some(&second.stats),
+    };
     let inc = build_incremental(d.path(), &opts(0.0, 2), &p, Hint::Auto).unwrap();
     assert_eq!(inc.report.files_reused, 3);
     let mut want = tree.clone();
     want[2].1 = vec![9u8; 3000];
-    assert_eq!(inc.manifest.root(), manifest_of_tree(CS, &want).unwrap().root());
+    assert_eq!(
+        inc.manifest.root(),
+        manifest_of_tree(CS, &want).unwrap().root()
+    );
 }
 
 #[test]
@@ -245,41 +327,82 @@ fn sampled_rehash_catches_in_place_modification() {
     let d1 = tempfile::tempdir().unwrap();
     std::fs::hard_link(d0.path().join("f"), d1.path().join("f")).unwrap();
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(d1.path().join("f")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d1.path().join("f"))
+        .unwrap();
     f.write_all_at(b"sneaky", 3 * u64::from(CS)).unwrap();
-    let p = Previous { manifest: &prev.manifest, dir: Some(d0.path()), stats: None };
+    let p = Previous {
+        manifest: &prev.manifest,
+        dir: Some(d0.path()),
+        stats: None,
+    };
     let err = build_incremental(d1.path(), &opts(1.0, 5), &p, Hint::Auto).unwrap_err();
-    assert!(matches!(err, BuildError::SampleMismatch { offset, .. } if offset == 3 * u64::from(CS)), "{err}");
+    assert!(
+        matches!(err, BuildError::SampleMismatch { offset, .. } if offset == 3 * u64::from(CS)),
+        "{err}"
+    );
 }
 
 #[test]
 fn change_set_contradictions_are_errors() {
-    let tree: Vec<TreeFile> = vec![("a".into(), vec![1; 100], false), ("b".into(), vec![2; 100], false)];
+    let tree: Vec<TreeFile> = vec![
+        ("a".into(), vec![1; 100], false),
+        ("b".into(), vec![2; 100], false),
+    ];
     let d0 = tempfile::tempdir().unwrap();
     common::write_tree(d0.path(), &tree);
     let prev = build(d0.path(), &opts(0.0, 0)).unwrap();
-    let p = Previous { manifest: &prev.manifest, dir: None, stats: None };
+    let p = Previous {
+        manifest: &prev.manifest,
+        dir: None,
+        stats: None,
+    };
     // Size changed but not reported.
     std::fs::write(d0.path().join("a"), vec![1; 101]).unwrap();
-    let err = build_incremental(d0.path(), &opts(0.0, 1), &p, Hint::Exact(&ChangeSet::default())).unwrap_err();
-    assert!(matches!(&err, BuildError::ChangeSet { path, .. } if path == "a"), "{err}");
+    let err = build_incremental(
+        d0.path(),
+        &opts(0.0, 1),
+        &p,
+        Hint::Exact(&ChangeSet::default()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::ChangeSet { path, .. } if path == "a"),
+        "{err}"
+    );
     // Removed but not reported.
     std::fs::write(d0.path().join("a"), vec![1; 100]).unwrap();
     std::fs::remove_file(d0.path().join("b")).unwrap();
-    let err = build_incremental(d0.path(), &opts(0.0, 1), &p, Hint::Exact(&ChangeSet::default())).unwrap_err();
-    assert!(matches!(&err, BuildError::ChangeSet { path, .. } if path == "b"), "{err}");
+    let err = build_incremental(
+        d0.path(),
+        &opts(0.0, 1),
+        &p,
+        Hint::Exact(&ChangeSet::default()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, BuildError::ChangeSet { path, .. } if path == "b"),
+        "{err}"
+    );
     // New file not reported.
     let mut cs = ChangeSet::default();
     cs.removed.insert("b".into());
     std::fs::write(d0.path().join("c"), b"new").unwrap();
     let err = build_incremental(d0.path(), &opts(0.0, 1), &p, Hint::Exact(&cs)).unwrap_err();
-    assert!(matches!(&err, BuildError::ChangeSet { path, .. } if path == "c"), "{err}");
+    assert!(
+        matches!(&err, BuildError::ChangeSet { path, .. } if path == "c"),
+        "{err}"
+    );
     // Chunk size must match.
     let mut o = opts(0.0, 1);
     o.chunk_size = 2048;
     assert!(matches!(
         build_incremental(d0.path(), &o, &p, Hint::Auto),
-        Err(BuildError::ChunkSizeMismatch { prev: 1024, now: 2048 })
+        Err(BuildError::ChunkSizeMismatch {
+            prev: 1024,
+            now: 2048
+        })
     ));
 }
 
@@ -294,11 +417,18 @@ fn verify_reports_exactly_what_differs() {
     assert_eq!(r.bytes_checked, m.total_size());
 
     use std::os::unix::fs::{FileExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new().write(true).open(d.path().join("data/zeros")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.path().join("data/zeros"))
+        .unwrap();
     f.write_all_at(b"x", 2100).unwrap();
     std::fs::remove_file(d.path().join("a.txt")).unwrap();
     std::fs::write(d.path().join("extra"), b"e").unwrap();
-    std::fs::set_permissions(d.path().join("bin/run"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        d.path().join("bin/run"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::write(d.path().join("data/copy-of-run"), b"short").unwrap();
     let r = verify_dir(d.path(), &m, None).unwrap();
     assert!(!r.ok);
@@ -318,8 +448,16 @@ fn verify_reports_exactly_what_differs() {
 fn diff_plans_links_copies_zeros_and_fetches() {
     let old: Vec<TreeFile> = vec![
         ("same".into(), vec![3u8; 3000], false),
-        ("moved-from".into(), (0..4096).map(|i| (i / 7) as u8).collect(), false),
-        ("partly".into(), (0..4096).map(|i| (i % 13) as u8).collect(), false),
+        (
+            "moved-from".into(),
+            (0..4096).map(|i| (i / 7) as u8).collect(),
+            false,
+        ),
+        (
+            "partly".into(),
+            (0..4096).map(|i| (i % 13) as u8).collect(),
+            false,
+        ),
     ];
     let mut partly = old[2].1.clone();
     partly[3000] ^= 0xff; // chunk 2 changes
@@ -329,13 +467,23 @@ fn diff_plans_links_copies_zeros_and_fetches() {
         ("exec-copy".into(), vec![3u8; 3000], true),
         ("partly".into(), partly, false),
         ("zeros".into(), vec![0u8; 2500], false),
-        ("fresh".into(), (0..1500).map(|i| (i % 251) as u8 ^ 0x33).collect(), false),
+        (
+            "fresh".into(),
+            (0..1500).map(|i| (i % 251) as u8 ^ 0x33).collect(),
+            false,
+        ),
     ];
     let d = tempfile::tempdir().unwrap();
     common::write_tree(d.path(), &old);
     let om = manifest_of_tree(CS, &old).unwrap();
     let nm = manifest_of_tree(CS, &new).unwrap();
-    let p = plan(&nm, &[LocalSource { dir: d.path(), manifest: &om }]);
+    let p = plan(
+        &nm,
+        &[LocalSource {
+            dir: d.path(),
+            manifest: &om,
+        }],
+    );
     let t = p.totals;
     // "same" and "elsewhere/moved" are linked; "exec-copy" differs in mode so
     // its chunks are copied instead.
@@ -347,13 +495,20 @@ fn diff_plans_links_copies_zeros_and_fetches() {
     assert_eq!(t.chunks_copy, 3 + 3);
     assert_eq!(t.chunks_fetch, 1 + 2);
     assert_eq!(t.bytes_fetch, 1024 + 1500);
-    assert_eq!(t.bytes_linked + t.bytes_zero + t.bytes_copy + t.bytes_fetch, t.bytes);
+    assert_eq!(
+        t.bytes_linked + t.bytes_zero + t.bytes_copy + t.bytes_fetch,
+        t.bytes
+    );
     let pi = nm.find("partly").unwrap();
     let first = nm.first_chunk(pi) as usize;
     assert_eq!(p.chunks[first + 2], ChunkAction::Fetch);
     assert_eq!(
         p.chunks[first + 1],
-        ChunkAction::Copy { source: 0, file: om.find("partly").unwrap() as u32, offset: 1024 }
+        ChunkAction::Copy {
+            source: 0,
+            file: om.find("partly").unwrap() as u32,
+            offset: 1024
+        }
     );
     assert_eq!(p.to_fetch().count() as u64, t.chunks_fetch);
     // Without local sources everything non-zero is fetched.

@@ -34,7 +34,8 @@ fn golden_domain_keys() {
 const GOLDEN_CHUNK_KEY: &str = "1ef89dacf58c07c8f27805de1166a1937fd1bfbb04deb9a7654272c79f12f764";
 const GOLDEN_CHUNK_HASH: &str = "1fdee2dbea9f32410c73f599b68181a52b58c8031d05bbc7efa68d6d034d94c1";
 const GOLDEN_ROOT: &str = "4d9ba18f05afa30e2dcffc22561a7218317283d55db74ab041b0337043c597cc";
-const GOLDEN_ENCODING_HASH: &str = "58a8bc189e5bd0fc02c3ff0e88e3c808942a1dd47b85b8ae6f512772bd4d7cd3";
+const GOLDEN_ENCODING_HASH: &str =
+    "58a8bc189e5bd0fc02c3ff0e88e3c808942a1dd47b85b8ae6f512772bd4d7cd3";
 const GOLDEN_ENCODING_LEN: usize = 858;
 
 #[test]
@@ -373,7 +374,10 @@ fn small_tables_have_one_piece_at_the_root() {
     h.verify_chunk_piece(0, e, &p).unwrap();
     let empty = Manifest::new(1024, vec![], vec![]).unwrap();
     assert_eq!(empty.header().file_piece_count(), 0);
-    assert_eq!(Manifest::decode(&empty.encode()).unwrap().root(), empty.root());
+    assert_eq!(
+        Manifest::decode(&empty.encode()).unwrap().root(),
+        empty.root()
+    );
 }
 
 fn fuzz_cases() -> u32 {

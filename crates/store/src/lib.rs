@@ -318,7 +318,12 @@ impl Store {
     /// given, else by the source file's recorded metadata) are hard-linked
     /// from it instead of copied, and the manifest is built incrementally:
     /// cost follows what changed, not the state size.
-    pub fn create_from_dir(&self, height: u64, src: &Path, opts: &CreateOptions) -> Result<Created> {
+    pub fn create_from_dir(
+        &self,
+        height: u64,
+        src: &Path,
+        opts: &CreateOptions,
+    ) -> Result<Created> {
         let prev = self.latest()?;
         if let Some(p) = &prev
             && p.height >= height
@@ -485,7 +490,9 @@ impl Store {
     fn trash(&self, dir: &Path) -> Result<()> {
         let name = format!(
             "{}.{}",
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             statesync_manifest::stats::now_ns()
         );
         let t = self.root.join("trash").join(name);

@@ -40,27 +40,42 @@ fn create_full_then_incremental_links_unchanged_files() {
     write(src.path(), "d/f3", &[9u8; 5000]);
     let mut changes = ChangeSet::default();
     changes.written.insert("d/f3".into(), vec![(0, 5000)]);
-    let o = CreateOptions { changes: Some(changes), ..opts() };
+    let o = CreateOptions {
+        changes: Some(changes),
+        ..opts()
+    };
     let c2 = store.create_from_dir(20, src.path(), &o).unwrap();
     assert!(c2.incremental);
     assert_eq!(c2.files_linked, 9);
     assert_eq!(c2.report.chunks_hashed, 5);
     let m2 = store.load_manifest(20).unwrap();
     assert!(verify_dir(&store.state_dir(20), &m2, None).unwrap().ok);
-    assert!(verify_dir(&store.state_dir(10), &m1, None).unwrap().ok, "old checkpoint untouched");
+    assert!(
+        verify_dir(&store.state_dir(10), &m1, None).unwrap().ok,
+        "old checkpoint untouched"
+    );
     assert_ne!(m1.root(), m2.root());
 
     // Heights only grow.
     assert!(matches!(
         store.create_from_dir(15, src.path(), &opts()),
-        Err(StoreError::NotNewer { height: 15, latest: 20 })
+        Err(StoreError::NotNewer {
+            height: 15,
+            latest: 20
+        })
     ));
     // Promoted files are read-only.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(store.state_dir(20).join("d/f3")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(store.state_dir(20).join("d/f3"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o222, 0);
     let list = store.list().unwrap();
-    assert_eq!(list.iter().map(|c| c.height).collect::<Vec<_>>(), vec![10, 20]);
+    assert_eq!(
+        list.iter().map(|c| c.height).collect::<Vec<_>>(),
+        vec![10, 20]
+    );
     assert_eq!(list[1].root, m2.root());
 }
 
@@ -91,7 +106,12 @@ fn stale_staging_is_removed_and_live_staging_kept() {
     let dead = root.path().join("staging/00000000000000000007.999999.1");
     std::fs::create_dir_all(dead.join("state/sub")).unwrap();
     std::fs::write(dead.join("state/sub/partial"), b"half").unwrap();
-    std::fs::write(root.path().join("staging/00000000000000000007.999999.1.lock"), b"").unwrap();
+    std::fs::write(
+        root.path()
+            .join("staging/00000000000000000007.999999.1.lock"),
+        b"",
+    )
+    .unwrap();
     // A live writer in this process.
     let live = store.begin(8).unwrap();
     std::fs::write(live.state_dir().join("x"), b"x").unwrap();
@@ -99,9 +119,16 @@ fn stale_staging_is_removed_and_live_staging_kept() {
     assert_eq!(rep.removed_staging, vec![dead.clone()]);
     assert!(!dead.exists());
     assert!(live.state_dir().join("x").exists());
-    assert!(store2.list().unwrap().is_empty(), "nothing half-written is listed");
+    assert!(
+        store2.list().unwrap().is_empty(),
+        "nothing half-written is listed"
+    );
     drop(live);
-    assert_eq!(count(&root.path().join("staging")), 0, "dropped staging is removed");
+    assert_eq!(
+        count(&root.path().join("staging")),
+        0,
+        "dropped staging is removed"
+    );
 }
 
 #[test]
@@ -112,14 +139,19 @@ fn damaged_checkpoint_is_never_listed_and_prune_removes_it() {
     let (store, _) = Store::open(root.path()).unwrap();
     store.create_from_dir(1, src.path(), &opts()).unwrap();
     store.create_from_dir(2, src.path(), &opts()).unwrap();
-    let mf = root.path().join("checkpoints/00000000000000000002/manifest");
+    let mf = root
+        .path()
+        .join("checkpoints/00000000000000000002/manifest");
     let bytes = std::fs::read(&mf).unwrap();
     std::fs::write(&mf, &bytes[..bytes.len() - 3]).unwrap();
     std::fs::create_dir_all(root.path().join("checkpoints/not-a-height")).unwrap();
     let (valid, invalid) = store.scan().unwrap();
     assert_eq!(valid.iter().map(|c| c.height).collect::<Vec<_>>(), vec![1]);
     assert_eq!(invalid.len(), 2);
-    assert!(invalid.iter().any(|i| i.reason.contains("cannot fit")), "{invalid:?}");
+    assert!(
+        invalid.iter().any(|i| i.reason.contains("cannot fit")),
+        "{invalid:?}"
+    );
     let rep = store.prune(5).unwrap();
     assert_eq!(rep.removed_invalid.len(), 2);
     assert_eq!(count(&root.path().join("checkpoints")), 1);
@@ -147,7 +179,10 @@ fn retention_keeps_last_n_and_pinned_and_leaks_nothing() {
     }
     let heights: Vec<u64> = store.list().unwrap().iter().map(|c| c.height).collect();
     assert_eq!(heights, vec![42, 98, 99, 100]);
-    assert!(matches!(store.remove(42), Err(StoreError::Pinned { height: 42, .. })));
+    assert!(matches!(
+        store.remove(42),
+        Err(StoreError::Pinned { height: 42, .. })
+    ));
     assert!(store.unpin(42, "slow-sync").unwrap());
     let rep = store.prune(3).unwrap();
     assert_eq!(rep.removed, vec![42]);
@@ -158,8 +193,14 @@ fn retention_keeps_last_n_and_pinned_and_leaks_nothing() {
     // Disk use is bounded: 3 checkpoints share the big file by hard link.
     let m = store.load_manifest(100).unwrap();
     assert!(verify_dir(&store.state_dir(100), &m, None).unwrap().ok);
-    assert!(matches!(store.pin(5, "x", ""), Err(StoreError::NotFound(5))));
-    assert!(matches!(store.pin(100, "../x", ""), Err(StoreError::PinName(_))));
+    assert!(matches!(
+        store.pin(5, "x", ""),
+        Err(StoreError::NotFound(5))
+    ));
+    assert!(matches!(
+        store.pin(100, "../x", ""),
+        Err(StoreError::PinName(_))
+    ));
 }
 
 #[test]
