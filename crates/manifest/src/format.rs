@@ -78,7 +78,9 @@ pub enum ManifestError {
     TooManyFiles { count: u64 },
     #[error("{count} chunks exceed the limit of {MAX_CHUNKS}")]
     TooManyChunks { count: u64 },
-    #[error("{count} {what} cannot fit in the {left} bytes that remain")]
+    #[error(
+        "manifest truncated or corrupt: {count} {what} cannot fit in the {left} bytes that remain"
+    )]
     CountTooLarge {
         what: &'static str,
         count: u64,

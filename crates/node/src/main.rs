@@ -722,7 +722,9 @@ fn checkpoint(c: CheckpointCmd, json: bool, bars: bool) -> Result<ExitCode> {
             reason,
         } => {
             open(&store)?.pin(height, &name, &reason)?;
-            if !json {
+            if json {
+                ui::print_json(&serde_json::json!({"pinned": height, "name": name}));
+            } else {
                 println!("pinned {height} as {name}");
             }
         }
@@ -732,7 +734,11 @@ fn checkpoint(c: CheckpointCmd, json: bool, bars: bool) -> Result<ExitCode> {
             name,
         } => {
             let removed = open(&store)?.unpin(height, &name)?;
-            if !json {
+            if json {
+                ui::print_json(
+                    &serde_json::json!({"unpinned": removed, "height": height, "name": name}),
+                );
+            } else {
                 println!("{}", if removed { "unpinned" } else { "no such pin" });
             }
         }

@@ -1,0 +1,475 @@
+//! The `statesync` binary as a user runs it: real processes, real files.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_statesync"));
+    c.arg("--quiet");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn statesync")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_manifest_show_verify_and_detect_corruption() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let g = ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&state),
+        "--files",
+        "40",
+        "--size",
+        "3MiB",
+        "--zero-pct",
+        "20",
+    ]);
+    assert_eq!(g["files"], 40);
+    let m = d.path().join("m");
+    let c = ok_json(&[
+        "manifest",
+        "create",
+        s(&state),
+        "--out",
+        s(&m),
+        "--chunk-size",
+        "64KiB",
+    ]);
+    let root = c["root"].as_str().unwrap().to_string();
+    let show = ok_json(&["manifest", "show", s(&m), "--root", &root]);
+    assert_eq!(show["root"], root.as_str());
+    assert_eq!(show["header"]["file_count"], 40);
+    assert!(show["zero_chunks"].as_u64().unwrap() > 0);
+    // A wrong trusted root is refused.
+    let wrong = "0".repeat(64);
+    let out = run(&["manifest", "show", s(&m), "--root", &wrong]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected"));
+
+    let v = ok_json(&["verify", s(&state), "--manifest", s(&m), "--root", &root]);
+    assert_eq!(v["ok"], true);
+
+    // Flip one byte deep inside the largest file.
+    let files = show_files(&m);
+    let (path, size) = files.iter().max_by_key(|(_, sz)| *sz).unwrap().clone();
+    let p = state.join(&path);
+    let mut data = std::fs::read(&p).unwrap();
+    let at = (size / 2) as usize;
+    data[at] ^= 0x40;
+    std::fs::write(&p, &data).unwrap();
+    let out = run(&["--json", "verify", s(&state), "--manifest", s(&m)]);
+    assert_eq!(out.status.code(), Some(1), "verify must fail");
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["ok"], false);
+    let corrupt = rep["corrupt"].as_array().unwrap();
+    assert_eq!(corrupt.len(), 1);
+    assert_eq!(corrupt[0]["path"], path.as_str());
+    assert_eq!(
+        corrupt[0]["offset"].as_u64().unwrap(),
+        (at as u64) / 65536 * 65536
+    );
+}
+
+fn show_files(m: &Path) -> Vec<(String, u64)> {
+    let v = ok_json(&["manifest", "show", s(m), "--files"]);
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn malicious_manifest_with_traversal_is_refused_with_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    std::fs::create_dir_all(state.join("aa")).unwrap();
+    std::fs::write(state.join("aa/x"), b"payload").unwrap();
+    let m = d.path().join("m");
+    ok_json(&[
+        "manifest",
+        "create",
+        s(&state),
+        "--out",
+        s(&m),
+        "--chunk-size",
+        "4KiB",
+    ]);
+    let mut enc = std::fs::read(&m).unwrap();
+    let pos = enc.windows(4).position(|w| w == b"aa/x").unwrap();
+    enc[pos..pos + 2].copy_from_slice(b"..");
+    let evil = d.path().join("evil");
+    std::fs::write(&evil, &enc).unwrap();
+    for args in [
+        vec!["manifest", "show", s(&evil)],
+        vec!["verify", s(&state), "--manifest", s(&evil)],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("`..`") && err.contains("../x"), "{err}");
+    }
+    // Truncated and empty manifests too.
+    std::fs::write(&evil, &enc[..enc.len() / 2]).unwrap();
+    let out = run(&["manifest", "show", s(&evil)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
+}
+
+#[test]
+fn symlink_in_checkpoint_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    std::fs::create_dir_all(state.join("sub")).unwrap();
+    std::fs::write(state.join("a"), b"a").unwrap();
+    std::os::unix::fs::symlink("../../etc/passwd", state.join("sub/evil")).unwrap();
+    let out = run(&[
+        "manifest",
+        "create",
+        s(&state),
+        "--out",
+        s(&d.path().join("m")),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sub/evil") && err.contains("symlink"), "{err}");
+    assert!(!d.path().join("m").exists(), "no manifest written");
+}
+
+#[test]
+fn mutate_incremental_manifest_and_diff() {
+    let d = tempfile::tempdir().unwrap();
+    let v1 = d.path().join("v1");
+    let v2 = d.path().join("v2");
+    let changes = d.path().join("changes.json");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&v1),
+        "--files",
+        "50",
+        "--size",
+        "4MiB",
+    ]);
+    let m1 = d.path().join("m1");
+    ok_json(&[
+        "manifest",
+        "create",
+        s(&v1),
+        "--out",
+        s(&m1),
+        "--chunk-size",
+        "16KiB",
+    ]);
+    let mu = ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&v1),
+        "--out",
+        s(&v2),
+        "--changes",
+        s(&changes),
+        "--chunk-size",
+        "16384",
+        "--changed-pct",
+        "3",
+        "--appended-pct",
+        "10",
+        "--deleted-pct",
+        "4",
+        "--added-pct",
+        "4",
+    ]);
+    assert!(mu["chunks_changed"].as_u64().unwrap() > 0);
+    let m2 = d.path().join("m2");
+    let inc = ok_json(&[
+        "manifest",
+        "create",
+        s(&v2),
+        "--out",
+        s(&m2),
+        "--chunk-size",
+        "16KiB",
+        "--prev",
+        s(&m1),
+        "--changes",
+        s(&changes),
+        "--height",
+        "5",
+    ]);
+    let m2f = d.path().join("m2f");
+    let full = ok_json(&[
+        "manifest",
+        "create",
+        s(&v2),
+        "--out",
+        s(&m2f),
+        "--chunk-size",
+        "16KiB",
+    ]);
+    assert_eq!(inc["root"], full["root"]);
+    assert!(inc["report"]["bytes_hashed"].as_u64() < full["report"]["bytes_hashed"].as_u64());
+    // Automatic mode from hard links gives the same root.
+    let m2a = d.path().join("m2a");
+    let auto = ok_json(&[
+        "manifest",
+        "create",
+        s(&v2),
+        "--out",
+        s(&m2a),
+        "--chunk-size",
+        "16KiB",
+        "--prev",
+        s(&m1),
+        "--prev-dir",
+        s(&v1),
+    ]);
+    assert_eq!(auto["root"], full["root"]);
+    assert!(auto["report"]["files_reused"].as_u64().unwrap() > 0);
+
+    let local = format!("{}={}", s(&v1), s(&m1));
+    let plan = ok_json(&["diff", "--target", s(&m2), "--local", &local]);
+    let t = &plan["totals"];
+    let sum: u64 = ["bytes_linked", "bytes_copy", "bytes_zero", "bytes_fetch"]
+        .iter()
+        .map(|k| t[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, t["bytes"].as_u64().unwrap());
+    assert!(t["files_linked"].as_u64().unwrap() > 0);
+    assert!(t["bytes_fetch"].as_u64().unwrap() > 0);
+    assert!(t["bytes_fetch"].as_u64().unwrap() < t["bytes"].as_u64().unwrap() / 2);
+    // Without a manifest for the local directory, it is computed.
+    let plan2 = ok_json(&["diff", "--target", s(&m2), "--local", s(&v1)]);
+    assert_eq!(plan2["totals"], plan["totals"]);
+}
+
+#[test]
+fn checkpoint_store_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let store = d.path().join("store");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&state),
+        "--files",
+        "20",
+        "--size",
+        "2MiB",
+    ]);
+    for h in ["10", "20", "30"] {
+        ok_json(&[
+            "gen-state",
+            "mutate",
+            "--from",
+            s(&state),
+            "--in-place",
+            "--chunk-size",
+            "65536",
+            "--changed-pct",
+            "5",
+            "--seed",
+            h,
+        ]);
+        let c = ok_json(&[
+            "checkpoint",
+            "create",
+            "--store",
+            s(&store),
+            "--height",
+            h,
+            "--from",
+            s(&state),
+            "--chunk-size",
+            "64KiB",
+        ]);
+        assert_eq!(c["checkpoint"]["height"].as_u64().unwrap().to_string(), h);
+        assert_eq!(c["incremental"], h != "10");
+    }
+    ok_json(&[
+        "checkpoint",
+        "pin",
+        "--store",
+        s(&store),
+        "--height",
+        "10",
+        "--name",
+        "syncing-peer",
+    ]);
+    let l = ok_json(&["checkpoint", "list", "--store", s(&store)]);
+    assert_eq!(l["checkpoints"].as_array().unwrap().len(), 3);
+    let p = ok_json(&["checkpoint", "prune", "--store", s(&store), "--keep", "1"]);
+    assert_eq!(p["removed"], serde_json::json!([20]));
+    assert_eq!(p["kept_pinned"], serde_json::json!([10]));
+    let l = ok_json(&["checkpoint", "list", "--store", s(&store)]);
+    let hs: Vec<u64> = l["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["height"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hs, vec![10, 30]);
+    // Height must grow.
+    let out = run(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "25",
+        "--from",
+        s(&state),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not above"));
+}
+
+/// A checkpoint being created when the process is killed with SIGKILL is
+/// never listed; the next open removes its staging directory; creating it
+/// again works.
+#[test]
+fn kill_9_during_checkpoint_create_leaves_nothing_listed() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let store = d.path().join("store");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&state),
+        "--files",
+        "400",
+        "--size",
+        "300MiB",
+    ]);
+    let mut child = bin()
+        .args([
+            "checkpoint",
+            "create",
+            "--store",
+            s(&store),
+            "--height",
+            "7",
+            "--from",
+            s(&state),
+        ])
+        .spawn()
+        .unwrap();
+    // Wait until the writer has copied some files into staging.
+    let staging = store.join("staging");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed_mid_write = false;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            // Finished before we could kill it: still a valid run, but say so.
+            eprintln!("create finished first ({status}); machine too fast for this size");
+            break;
+        }
+        let busy = std::fs::read_dir(&staging)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .any(|e| count_files(&e.path()) > 20)
+            })
+            .unwrap_or(false);
+        if busy {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            child.wait().unwrap();
+            killed_mid_write = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let l = ok_json(&["checkpoint", "list", "--store", s(&store)]);
+    if killed_mid_write {
+        assert_eq!(
+            l["checkpoints"].as_array().unwrap().len(),
+            0,
+            "half-written checkpoint listed"
+        );
+        assert_eq!(
+            std::fs::read_dir(&staging).unwrap().count(),
+            0,
+            "stale staging not removed"
+        );
+        let c = ok_json(&[
+            "checkpoint",
+            "create",
+            "--store",
+            s(&store),
+            "--height",
+            "7",
+            "--from",
+            s(&state),
+        ]);
+        assert_eq!(c["checkpoint"]["height"], 7);
+    }
+    let l = ok_json(&["checkpoint", "list", "--store", s(&store)]);
+    assert_eq!(l["checkpoints"].as_array().unwrap().len(), 1);
+    assert!(killed_mid_write, "the writer was never caught mid-write");
+}
+
+fn count_files(p: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(e.path());
+                } else {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn demo_runs_and_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let v = ok_json(&[
+        "demo",
+        "--dir",
+        s(d.path()),
+        "--size",
+        "8MiB",
+        "--files",
+        "60",
+    ]);
+    let plan = &v["plan"];
+    assert!(plan["bytes_fetch"].as_u64().unwrap() < plan["bytes"].as_u64().unwrap());
+    assert!(v["incremental_report"]["files_reused"].as_u64().unwrap() > 0);
+}
