@@ -411,6 +411,11 @@ fn kill_9_during_checkpoint_create_leaves_nothing_listed() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    if !killed_mid_write {
+        // Deadline passed or it finished: make sure it is gone either way.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let l = ok_json(&["checkpoint", "list", "--store", s(&store)]);
     if killed_mid_write {
         assert_eq!(
