@@ -199,6 +199,7 @@ fn manifest_bench(
         "statesync full (v2)",
         "statesync incremental, change set (v2)",
         "statesync incremental, auto (v2)",
+        "  same, change set, no sampled re-check",
         "statesync verify (v1)",
         "statesync diff plan (v2 vs v1)",
     ];
@@ -257,12 +258,31 @@ fn manifest_bench(
             return Err("automatic incremental manifest differs from the full one".into());
         }
         runs[4].push(s);
+        warm(&v2)?;
+        let o0 = BuildOptions {
+            sample_rate: 0.0,
+            ..o.clone()
+        };
+        let prev = Previous {
+            manifest: &m1.manifest,
+            dir: None,
+            stats: None,
+        };
+        let (s, _) = timed(|| {
+            Ok(statesync_manifest::build_incremental(
+                &v2,
+                &o0,
+                &prev,
+                Hint::Exact(&changes),
+            )?)
+        })?;
+        runs[5].push(s);
         warm(&v1)?;
         let (s, rep) = timed(|| Ok(statesync_manifest::verify_dir(&v1, &m1.manifest, None)?))?;
         if !rep.ok {
             return Err("verify failed on unchanged data".into());
         }
-        runs[5].push(s);
+        runs[6].push(s);
         let (s, _) = timed(|| {
             Ok(statesync_manifest::plan(
                 &m2.manifest,
@@ -272,11 +292,13 @@ fn manifest_bench(
                 }],
             ))
         })?;
-        runs[6].push(s);
+        runs[7].push(s);
         last_inc = Some(inc);
         eprintln!("round {}/{rounds} done", r + 1);
     }
-    let byte_counts = [bytes1, bytes1, bytes2, bytes2, bytes2, bytes1, bytes2];
+    let byte_counts = [
+        bytes1, bytes1, bytes2, bytes2, bytes2, bytes2, bytes1, bytes2,
+    ];
     let rows: Vec<Row> = names
         .iter()
         .zip(runs.iter_mut())
@@ -296,6 +318,7 @@ fn manifest_bench(
     let ratio_b3 = rows[0].median_s / rows[1].median_s;
     let inc_vs_full = rows[3].median_s / rows[2].median_s;
     let auto_vs_full = rows[4].median_s / rows[2].median_s;
+    let nosample_vs_full = rows[5].median_s / rows[2].median_s;
     let inc = last_inc.map(|b| b.report).unwrap_or_default();
     if json {
         ui::print_json(&serde_json::json!({
@@ -303,6 +326,7 @@ fn manifest_bench(
             "throughput_vs_b3sum": if have_b3sum { Some(ratio_b3) } else { None },
             "incremental_over_full_time": inc_vs_full,
             "auto_incremental_over_full_time": auto_vs_full,
+            "unsampled_incremental_over_full_time": nosample_vs_full,
             "incremental_report": inc,
             "threads": threads,
         }));

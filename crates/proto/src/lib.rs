@@ -1,0 +1,556 @@
+//! Wire messages of the state sync protocol, their canonical encoding and
+//! strictly bounded decoding. No async, no I/O: the network layer frames these
+//! bytes on streams. The byte layout is specified in docs/protocol.md and
+//! pinned by golden tests.
+
+use statesync_manifest::format::{
+    CHUNK_ENTRY_LEN, ChunkEntry, FileEntry, ManifestError, ROOT_HEADER_LEN, Reader,
+    decode_chunk_entry, decode_file_entry, encode_chunk_entry, encode_file_entry,
+};
+use statesync_manifest::hash::Hash;
+
+/// Protocol name for requests and responses (one request per stream).
+pub const PROTOCOL: &str = "/statesync/state/1";
+/// Largest encoded request.
+pub const MAX_REQUEST_LEN: usize = 16 * 1024;
+/// Largest encoded response.
+pub const MAX_RESPONSE_LEN: usize = 17 * 1024 * 1024;
+/// Most chunk indices in one request.
+pub const MAX_BATCH_CHUNKS: usize = 1024;
+/// Most chunk bytes in one response: a server stops adding chunks before this.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most checkpoints in one advert.
+pub const MAX_ADVERT_ENTRIES: usize = 64;
+/// Longest proof (levels of a tree of at most 2^32 leaves).
+pub const MAX_PROOF_LEN: usize = 64;
+/// Most entries in a manifest piece (the chunk piece size; file pieces are smaller).
+pub const MAX_PIECE_ENTRIES: usize = 4096;
+/// Longest human-readable reason.
+pub const MAX_REASON_LEN: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("empty message")]
+    Empty,
+    #[error("unknown message tag {0:#04x}")]
+    UnknownTag(u8),
+    #[error("{what}: {count} exceeds the limit of {max}")]
+    Limit {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{0}")]
+    Field(#[from] ManifestError),
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    #[error("reason is not UTF-8")]
+    Utf8,
+}
+
+/// What a fetcher asks a server. Every request names the root it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The 88-byte root header of the manifest with this root.
+    GetHeader { root: Hash },
+    /// File-table piece `index`.
+    GetFilePiece { root: Hash, index: u64 },
+    /// Chunk-table piece `index`.
+    GetChunkPiece { root: Hash, index: u64 },
+    /// A batch of chunks by index in the chunk table.
+    GetChunks { root: Hash, indices: Vec<u64> },
+    /// The server's signed advert.
+    GetAdvert,
+    /// The sender's own signed advert, pushed when its checkpoints change.
+    Announce { advert: SignedAdvert },
+}
+
+/// What a server answers. Never silence: overload is [`Response::Busy`],
+/// absence is [`Response::NotFound`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Header {
+        header: [u8; ROOT_HEADER_LEN],
+    },
+    FilePiece {
+        index: u64,
+        entries: Vec<FileEntry>,
+        proof: Vec<Hash>,
+    },
+    ChunkPiece {
+        index: u64,
+        entries: Vec<ChunkEntry>,
+        proof: Vec<Hash>,
+    },
+    /// Chunks in request order; possibly only a prefix of the request when
+    /// the byte budget ran out (the fetcher asks again for the rest).
+    Chunks {
+        chunks: Vec<(u64, Vec<u8>)>,
+    },
+    Advert {
+        advert: SignedAdvert,
+    },
+    Ack,
+    /// Overloaded: try again after this many milliseconds (or elsewhere).
+    Busy {
+        retry_after_ms: u32,
+    },
+    /// This server does not (or no longer) serve that root or index.
+    NotFound,
+    /// The request was malformed or refused.
+    Refused {
+        reason: String,
+    },
+}
+
+/// One checkpoint a node offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AdvertEntry {
+    pub height: u64,
+    pub root: Hash,
+    pub bytes: u64,
+}
+
+/// The body of an advert: the checkpoints a node serves, with a sequence
+/// number that grows with every change (newer adverts replace older ones).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Advert {
+    pub seq: u64,
+    pub entries: Vec<AdvertEntry>,
+}
+
+/// An advert with its signature by the sender's identity key. The signature
+/// is over [`Advert::signing_bytes`]; the network layer signs and verifies
+/// (it owns the keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedAdvert {
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+const ADVERT_DOMAIN: &[u8] = b"statesync advert v1";
+const MAX_SIGNATURE_LEN: usize = 256;
+
+impl Advert {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11 + self.entries.len() * 48);
+        out.push(1);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u16).to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.height.to_le_bytes());
+            out.extend_from_slice(&e.root.0);
+            out.extend_from_slice(&e.bytes.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Advert, ProtoError> {
+        let mut r = Reader { buf: bytes, at: 0 };
+        let v = r.u8("advert version")?;
+        if v != 1 {
+            return Err(ProtoError::Field(ManifestError::UnsupportedVersion(
+                u16::from(v),
+            )));
+        }
+        let seq = r.u64("advert seq")?;
+        let n = r.u16("advert entry count")? as usize;
+        if n > MAX_ADVERT_ENTRIES {
+            return Err(ProtoError::Limit {
+                what: "advert entries",
+                count: n,
+                max: MAX_ADVERT_ENTRIES,
+            });
+        }
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(AdvertEntry {
+                height: r.u64("advert height")?,
+                root: r.hash("advert root")?,
+                bytes: r.u64("advert bytes")?,
+            });
+        }
+        if r.left() != 0 {
+            return Err(ProtoError::Trailing(r.left()));
+        }
+        Ok(Advert { seq, entries })
+    }
+
+    /// What is signed: a domain tag, the signer's peer id bytes, the body.
+    /// Binding the peer id stops a relayed advert from being claimed by
+    /// another node.
+    pub fn signing_bytes(peer_id: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(ADVERT_DOMAIN.len() + 2 + peer_id.len() + body.len());
+        v.extend_from_slice(ADVERT_DOMAIN);
+        v.extend_from_slice(&(peer_id.len() as u16).to_le_bytes());
+        v.extend_from_slice(peer_id);
+        v.extend_from_slice(body);
+        v
+    }
+}
+
+fn put_hash(out: &mut Vec<u8>, h: &Hash) {
+    out.extend_from_slice(&h.0);
+}
+
+fn put_proof(out: &mut Vec<u8>, proof: &[Hash]) {
+    out.push(proof.len() as u8);
+    for h in proof {
+        put_hash(out, h);
+    }
+}
+
+fn get_proof(r: &mut Reader<'_>) -> Result<Vec<Hash>, ProtoError> {
+    let n = r.u8("proof length")? as usize;
+    if n > MAX_PROOF_LEN {
+        return Err(ProtoError::Limit {
+            what: "proof hashes",
+            count: n,
+            max: MAX_PROOF_LEN,
+        });
+    }
+    (0..n).map(|_| Ok(r.hash("proof hash")?)).collect()
+}
+
+fn put_signed(out: &mut Vec<u8>, a: &SignedAdvert) {
+    out.extend_from_slice(&(a.body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&a.body);
+    out.extend_from_slice(&(a.signature.len() as u16).to_le_bytes());
+    out.extend_from_slice(&a.signature);
+}
+
+fn get_signed(r: &mut Reader<'_>) -> Result<SignedAdvert, ProtoError> {
+    let n = r.u32("advert length")? as usize;
+    let max = 11 + MAX_ADVERT_ENTRIES * 48;
+    if n > max {
+        return Err(ProtoError::Limit {
+            what: "advert bytes",
+            count: n,
+            max,
+        });
+    }
+    let body = r.take(n, "advert body")?.to_vec();
+    let s = r.u16("signature length")? as usize;
+    if s > MAX_SIGNATURE_LEN {
+        return Err(ProtoError::Limit {
+            what: "signature bytes",
+            count: s,
+            max: MAX_SIGNATURE_LEN,
+        });
+    }
+    let signature = r.take(s, "signature")?.to_vec();
+    Ok(SignedAdvert { body, signature })
+}
+
+mod tag {
+    pub const GET_HEADER: u8 = 0x01;
+    pub const GET_FILE_PIECE: u8 = 0x02;
+    pub const GET_CHUNK_PIECE: u8 = 0x03;
+    pub const GET_CHUNKS: u8 = 0x04;
+    pub const GET_ADVERT: u8 = 0x05;
+    pub const ANNOUNCE: u8 = 0x06;
+    pub const HEADER: u8 = 0x81;
+    pub const FILE_PIECE: u8 = 0x82;
+    pub const CHUNK_PIECE: u8 = 0x83;
+    pub const CHUNKS: u8 = 0x84;
+    pub const ADVERT: u8 = 0x85;
+    pub const ACK: u8 = 0x86;
+    pub const BUSY: u8 = 0xe0;
+    pub const NOT_FOUND: u8 = 0xe1;
+    pub const REFUSED: u8 = 0xe2;
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        match self {
+            Request::GetHeader { root } => {
+                out.push(tag::GET_HEADER);
+                put_hash(&mut out, root);
+            }
+            Request::GetFilePiece { root, index } => {
+                out.push(tag::GET_FILE_PIECE);
+                put_hash(&mut out, root);
+                out.extend_from_slice(&index.to_le_bytes());
+            }
+            Request::GetChunkPiece { root, index } => {
+                out.push(tag::GET_CHUNK_PIECE);
+                put_hash(&mut out, root);
+                out.extend_from_slice(&index.to_le_bytes());
+            }
+            Request::GetChunks { root, indices } => {
+                out.push(tag::GET_CHUNKS);
+                put_hash(&mut out, root);
+                out.extend_from_slice(&(indices.len() as u16).to_le_bytes());
+                for i in indices {
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+            }
+            Request::GetAdvert => out.push(tag::GET_ADVERT),
+            Request::Announce { advert } => {
+                out.push(tag::ANNOUNCE);
+                put_signed(&mut out, advert);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
+        if bytes.len() > MAX_REQUEST_LEN {
+            return Err(ProtoError::TooLong {
+                len: bytes.len(),
+                max: MAX_REQUEST_LEN,
+            });
+        }
+        let mut r = Reader { buf: bytes, at: 0 };
+        let t = r.u8("tag").map_err(|_| ProtoError::Empty)?;
+        let req = match t {
+            tag::GET_HEADER => Request::GetHeader {
+                root: r.hash("root")?,
+            },
+            tag::GET_FILE_PIECE => Request::GetFilePiece {
+                root: r.hash("root")?,
+                index: r.u64("index")?,
+            },
+            tag::GET_CHUNK_PIECE => Request::GetChunkPiece {
+                root: r.hash("root")?,
+                index: r.u64("index")?,
+            },
+            tag::GET_CHUNKS => {
+                let root = r.hash("root")?;
+                let n = r.u16("chunk count")? as usize;
+                if n == 0 || n > MAX_BATCH_CHUNKS {
+                    return Err(ProtoError::Limit {
+                        what: "chunks in a request (1..)",
+                        count: n,
+                        max: MAX_BATCH_CHUNKS,
+                    });
+                }
+                let mut indices = Vec::with_capacity(n);
+                for _ in 0..n {
+                    indices.push(r.u64("chunk index")?);
+                }
+                Request::GetChunks { root, indices }
+            }
+            tag::GET_ADVERT => Request::GetAdvert,
+            tag::ANNOUNCE => Request::Announce {
+                advert: get_signed(&mut r)?,
+            },
+            t => return Err(ProtoError::UnknownTag(t)),
+        };
+        if r.left() != 0 {
+            return Err(ProtoError::Trailing(r.left()));
+        }
+        Ok(req)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Response::Header { header } => {
+                out.push(tag::HEADER);
+                out.extend_from_slice(header);
+            }
+            Response::FilePiece {
+                index,
+                entries,
+                proof,
+            } => {
+                out.push(tag::FILE_PIECE);
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for e in entries {
+                    encode_file_entry(e, &mut out);
+                }
+                put_proof(&mut out, proof);
+            }
+            Response::ChunkPiece {
+                index,
+                entries,
+                proof,
+            } => {
+                out.reserve(13 + entries.len() * CHUNK_ENTRY_LEN + 1 + proof.len() * 32);
+                out.push(tag::CHUNK_PIECE);
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+                for e in entries {
+                    encode_chunk_entry(e, &mut out);
+                }
+                put_proof(&mut out, proof);
+            }
+            Response::Chunks { chunks } => {
+                let total: usize = chunks.iter().map(|(_, d)| 12 + d.len()).sum();
+                out.reserve(3 + total);
+                out.push(tag::CHUNKS);
+                out.extend_from_slice(&(chunks.len() as u16).to_le_bytes());
+                for (i, d) in chunks {
+                    out.extend_from_slice(&i.to_le_bytes());
+                    out.extend_from_slice(&(d.len() as u32).to_le_bytes());
+                    out.extend_from_slice(d);
+                }
+            }
+            Response::Advert { advert } => {
+                out.push(tag::ADVERT);
+                put_signed(&mut out, advert);
+            }
+            Response::Ack => out.push(tag::ACK),
+            Response::Busy { retry_after_ms } => {
+                out.push(tag::BUSY);
+                out.extend_from_slice(&retry_after_ms.to_le_bytes());
+            }
+            Response::NotFound => out.push(tag::NOT_FOUND),
+            Response::Refused { reason } => {
+                out.push(tag::REFUSED);
+                let r = truncate_utf8(reason, MAX_REASON_LEN);
+                out.extend_from_slice(&(r.len() as u16).to_le_bytes());
+                out.extend_from_slice(r.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Response, ProtoError> {
+        if bytes.len() > MAX_RESPONSE_LEN {
+            return Err(ProtoError::TooLong {
+                len: bytes.len(),
+                max: MAX_RESPONSE_LEN,
+            });
+        }
+        let mut r = Reader { buf: bytes, at: 0 };
+        let t = r.u8("tag").map_err(|_| ProtoError::Empty)?;
+        let resp = match t {
+            tag::HEADER => Response::Header {
+                header: r.array("root header")?,
+            },
+            tag::FILE_PIECE => {
+                let index = r.u64("piece index")?;
+                let n = piece_count(&mut r, statesync_manifest::format::MIN_FILE_ENTRY_LEN)?;
+                let mut entries = Vec::with_capacity(n);
+                for i in 0..n {
+                    entries.push(decode_file_entry(&mut r, i as u32)?);
+                }
+                Response::FilePiece {
+                    index,
+                    entries,
+                    proof: get_proof(&mut r)?,
+                }
+            }
+            tag::CHUNK_PIECE => {
+                let index = r.u64("piece index")?;
+                let n = piece_count(&mut r, CHUNK_ENTRY_LEN)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(decode_chunk_entry(&mut r)?);
+                }
+                Response::ChunkPiece {
+                    index,
+                    entries,
+                    proof: get_proof(&mut r)?,
+                }
+            }
+            tag::CHUNKS => {
+                let n = r.u16("chunk count")? as usize;
+                if n > MAX_BATCH_CHUNKS || n * 12 > r.left() {
+                    return Err(ProtoError::Limit {
+                        what: "chunks in a response",
+                        count: n,
+                        max: MAX_BATCH_CHUNKS.min(r.left() / 12),
+                    });
+                }
+                let mut chunks = Vec::with_capacity(n);
+                let mut total = 0usize;
+                for _ in 0..n {
+                    let i = r.u64("chunk index")?;
+                    let len = r.u32("chunk length")? as usize;
+                    total += len;
+                    if total > MAX_BATCH_BYTES {
+                        return Err(ProtoError::Limit {
+                            what: "chunk bytes in a response",
+                            count: total,
+                            max: MAX_BATCH_BYTES,
+                        });
+                    }
+                    chunks.push((i, r.take(len, "chunk data")?.to_vec()));
+                }
+                Response::Chunks { chunks }
+            }
+            tag::ADVERT => Response::Advert {
+                advert: get_signed(&mut r)?,
+            },
+            tag::ACK => Response::Ack,
+            tag::BUSY => Response::Busy {
+                retry_after_ms: r.u32("retry after")?,
+            },
+            tag::NOT_FOUND => Response::NotFound,
+            tag::REFUSED => {
+                let n = r.u16("reason length")? as usize;
+                if n > MAX_REASON_LEN {
+                    return Err(ProtoError::Limit {
+                        what: "reason bytes",
+                        count: n,
+                        max: MAX_REASON_LEN,
+                    });
+                }
+                let reason = std::str::from_utf8(r.take(n, "reason")?)
+                    .map_err(|_| ProtoError::Utf8)?
+                    .to_string();
+                Response::Refused { reason }
+            }
+            t => return Err(ProtoError::UnknownTag(t)),
+        };
+        if r.left() != 0 {
+            return Err(ProtoError::Trailing(r.left()));
+        }
+        Ok(resp)
+    }
+}
+
+/// Reads a piece's entry count and checks it against the limit and the bytes
+/// that remain (each entry takes at least `min_len`), before allocating.
+fn piece_count(r: &mut Reader<'_>, min_len: usize) -> Result<usize, ProtoError> {
+    let n = r.u32("entry count")? as usize;
+    if n > MAX_PIECE_ENTRIES || n.saturating_mul(min_len) > r.left() {
+        return Err(ProtoError::Limit {
+            what: "piece entries",
+            count: n,
+            max: MAX_PIECE_ENTRIES.min(r.left() / min_len),
+        });
+    }
+    Ok(n)
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Length-prefixed framing: `len: u32 LE || message`. Returns the message
+/// once complete, refusing lengths over `max` before buffering them.
+pub fn frame(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + msg.len());
+    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Checks a frame's length prefix against a limit.
+pub fn check_frame_len(prefix: [u8; 4], max: usize) -> Result<usize, ProtoError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max {
+        return Err(ProtoError::TooLong { len, max });
+    }
+    if len == 0 {
+        return Err(ProtoError::Empty);
+    }
+    Ok(len)
+}
