@@ -356,6 +356,10 @@ fn manifest_bench(
             inc.chunks_sampled
         );
         println!(
+            "incremental (change set, no re-check) time / full time: 1/{:.1}",
+            1.0 / nosample_vs_full
+        );
+        println!(
             "incremental (auto, hard links) time / full time: 1/{:.1}",
             1.0 / auto_vs_full
         );
