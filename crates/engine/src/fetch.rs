@@ -1,0 +1,950 @@
+//! The state fetch scheduler: a deterministic state machine with no I/O.
+//!
+//! It decides which peer to ask for what, verifies the manifest pieces it is
+//! given, keeps every chunk in exactly one state, and attributes faults. The
+//! async shell owns the sockets, the clock and the files.
+//!
+//! # Driving it
+//!
+//! 1. [`Fetch::new`] with the trusted root, a per-node seed and a config.
+//! 2. Tell it about peers that advertise the root ([`Fetch::add_peer`]) and
+//!    peers that went away ([`Fetch::remove_peer`]).
+//! 3. Loop: take actions from [`Fetch::poll_action`] until `None`, perform
+//!    them, feed results back with the `handle_*` methods, and call
+//!    [`Fetch::handle_timeout`] at [`Fetch::poll_timeout`]. Time is always
+//!    passed in; nothing here reads a clock.
+//! 4. When [`Fetch::poll_action`] yields [`Action::ManifestReady`], the shell
+//!    plans what it already has locally and calls [`Fetch::set_needed`] with
+//!    the chunks still to fetch. Chunk responses are verified by the shell
+//!    (it has the data) and reported per chunk with [`Fetch::handle_chunks`].
+//! 5. [`Fetch::is_done`] when every needed chunk is in.
+//!
+//! # Fault attribution
+//!
+//! - A header, piece or chunk that fails verification bans the peer for this
+//!   sync at once; its requests are re-issued elsewhere.
+//! - `NotFound` drops the peer for this root (it does not have it, or no
+//!   longer does): no penalty beyond that.
+//! - `Busy` backs the peer off for the time it asked, halving its window.
+//! - A timeout shrinks the peer's window; three in a row drop it for a
+//!   cool-off period that doubles each time.
+//! - Local failures are the shell's and never reach a peer's record.
+
+use statesync_manifest::format::{
+    CHUNK_PIECE_LEVEL, ChunkEntry, FILE_PIECE_LEVEL, FileEntry, Manifest, RootHeader,
+};
+use statesync_manifest::hash::Hash;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash as StdHash;
+use std::time::{Duration, Instant};
+
+/// Tunables; defaults follow the field notes (IC: 10 requests in flight per
+/// peer, 10 s chunk timeout) adapted to batched requests.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Most bytes asked in one chunk request (protocol limit: 16 MiB).
+    pub max_batch_bytes: u64,
+    /// Most chunks in one request (protocol limit: 1024).
+    pub max_batch_chunks: usize,
+    /// Starting per-peer window of bytes in flight.
+    pub initial_window: u64,
+    pub min_window: u64,
+    pub max_window: u64,
+    /// Most requests in flight to one peer.
+    pub max_requests_per_peer: usize,
+    /// Timeout of small requests (header, pieces) and the floor for chunks.
+    pub base_timeout: Duration,
+    pub max_timeout: Duration,
+    /// Rate assumed for a peer before it has been measured (bytes/s).
+    pub assumed_rate: f64,
+    /// Consecutive timeouts before a peer is dropped for a cool-off.
+    pub max_timeouts_in_row: u32,
+    pub cool_off: Duration,
+    /// Copies of one chunk in flight at most during the endgame.
+    pub endgame_copies: u8,
+    /// Consecutive chunks kept together in the per-node random order (server
+    /// read locality).
+    pub order_run: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_batch_bytes: 4 << 20,
+            max_batch_chunks: 1024,
+            initial_window: 8 << 20,
+            min_window: 1 << 20,
+            max_window: 64 << 20,
+            max_requests_per_peer: 8,
+            base_timeout: Duration::from_secs(5),
+            max_timeout: Duration::from_secs(60),
+            assumed_rate: 4.0 * 1024.0 * 1024.0,
+            max_timeouts_in_row: 3,
+            cool_off: Duration::from_secs(5),
+            endgame_copies: 2,
+            order_run: 16,
+        }
+    }
+}
+
+/// What to ask a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    Header,
+    FilePiece(u64),
+    ChunkPiece(u64),
+    Chunks(Vec<u64>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Send this request; report its outcome with the same `id`.
+    Send { peer: P, id: u64, ask: Ask },
+    /// The manifest is complete and verified: plan local reuse, then call
+    /// [`Fetch::set_needed`].
+    ManifestReady,
+    /// The peer is banned for this sync (it sent bad data): the shell may
+    /// disconnect it and should not offer it again for this root.
+    Banned { peer: P, reason: String },
+}
+
+/// Outcome of a request that did not carry the expected data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    Busy {
+        retry_after: Duration,
+    },
+    NotFound,
+    /// Transport failure (stream reset, connection closed, undecodable).
+    Io,
+    /// The peer sent something that is not a valid answer to the request.
+    Malformed(String),
+}
+
+/// A peer's record, visible for progress display and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerStats {
+    pub state: PeerState,
+    pub window: u64,
+    pub inflight_bytes: u64,
+    pub inflight_requests: usize,
+    /// Measured throughput, bytes/s (EWMA), if any.
+    pub rate: Option<f64>,
+    pub bytes_received: u64,
+    pub chunks_ok: u64,
+    pub timeouts: u64,
+    pub busy: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    Active,
+    /// Backed off (Busy or cool-off) until then.
+    Waiting(Instant),
+    /// Does not have the root.
+    NotFound,
+    /// Sent bad data: never asked again in this sync.
+    Banned(String),
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    stats: PeerStats,
+    timeouts_in_row: u32,
+    cool_offs: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Not needed (available locally) or already fetched.
+    Done,
+    Pending,
+    /// In flight in this many requests.
+    InFlight(u8),
+}
+
+#[derive(Clone, Debug)]
+struct Inflight<P> {
+    peer: P,
+    ask: Ask,
+    sent: Instant,
+    deadline: Instant,
+    bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Header,
+    Manifest,
+    /// Manifest complete; waiting for the shell's plan.
+    Planning,
+    Chunks,
+    Done,
+    Failed(String),
+}
+
+/// Progress counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    pub chunks_total: u64,
+    pub chunks_needed: u64,
+    pub chunks_done: u64,
+    pub bytes_needed: u64,
+    pub bytes_done: u64,
+    pub requests_sent: u64,
+    pub duplicate_chunks: u64,
+    pub rejected_chunks: u64,
+}
+
+pub struct Fetch<P> {
+    root: Hash,
+    cfg: Config,
+    seed: u64,
+    phase: Phase,
+    header: Option<RootHeader>,
+    file_pieces: BTreeMap<u64, Vec<FileEntry>>,
+    chunk_pieces: BTreeMap<u64, Vec<ChunkEntry>>,
+    /// Pieces not yet received: (is_file, index).
+    pieces_wanted: VecDeque<(bool, u64)>,
+    pieces_inflight: HashSet<(bool, u64)>,
+    manifest: Option<Manifest>,
+    chunks: Vec<Chunk>,
+    /// Chunk lengths (from the manifest).
+    lens: Vec<u32>,
+    /// Fetch order (per-node permutation); pending chunks are taken from the front.
+    queue: VecDeque<u64>,
+    /// Chunks in flight -> peers asked.
+    holders: HashMap<u64, Vec<P>>,
+    peers: BTreeMap<P, Peer>,
+    inflight: BTreeMap<u64, Inflight<P>>,
+    next_id: u64,
+    actions: VecDeque<Action<P>>,
+    progress: Progress,
+    header_inflight: bool,
+}
+
+const ALPHA: f64 = 0.3;
+
+impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
+    pub fn new(root: Hash, seed: u64, cfg: Config) -> Fetch<P> {
+        Fetch {
+            root,
+            cfg,
+            seed,
+            phase: Phase::Header,
+            header: None,
+            file_pieces: BTreeMap::new(),
+            chunk_pieces: BTreeMap::new(),
+            pieces_wanted: VecDeque::new(),
+            pieces_inflight: HashSet::new(),
+            manifest: None,
+            chunks: Vec::new(),
+            lens: Vec::new(),
+            queue: VecDeque::new(),
+            holders: HashMap::new(),
+            peers: BTreeMap::new(),
+            inflight: BTreeMap::new(),
+            next_id: 1,
+            actions: VecDeque::new(),
+            progress: Progress::default(),
+            header_inflight: false,
+        }
+    }
+
+    /// Starts from an already verified manifest (resume, or a manifest fetched
+    /// by an earlier run): goes straight to planning.
+    pub fn with_manifest(root: Hash, seed: u64, cfg: Config, manifest: Manifest) -> Fetch<P> {
+        let mut f = Fetch::new(root, seed, cfg);
+        f.header = Some(*manifest.header());
+        f.install_manifest(manifest);
+        f
+    }
+
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    pub fn peer_stats(&self) -> impl Iterator<Item = (&P, &PeerStats)> {
+        self.peers.iter().map(|(p, s)| (p, &s.stats))
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// Peers that may still be asked (active or waiting).
+    pub fn usable_peers(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| matches!(p.stats.state, PeerState::Active | PeerState::Waiting(_)))
+            .count()
+    }
+
+    pub fn add_peer(&mut self, peer: P, now: Instant) {
+        self.peers.entry(peer).or_insert_with(|| Peer {
+            stats: PeerStats {
+                state: PeerState::Active,
+                window: self.cfg.initial_window,
+                inflight_bytes: 0,
+                inflight_requests: 0,
+                rate: None,
+                bytes_received: 0,
+                chunks_ok: 0,
+                timeouts: 0,
+                busy: 0,
+            },
+            timeouts_in_row: 0,
+            cool_offs: 0,
+        });
+        self.schedule(now);
+    }
+
+    /// The peer disconnected: its requests go back to the queue (no penalty).
+    pub fn remove_peer(&mut self, peer: &P, now: Instant) {
+        let ids: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| &r.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.release(id);
+        }
+        self.peers.remove(peer);
+        self.schedule(now);
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// The earliest deadline: a request timeout or the end of a back-off.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let req = self.inflight.values().map(|r| r.deadline).min();
+        let wait = self
+            .peers
+            .values()
+            .filter_map(|p| match p.stats.state {
+                PeerState::Waiting(t) => Some(t),
+                _ => None,
+            })
+            .min();
+        match (req, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.release(id) {
+                let cfg_min = self.cfg.min_window;
+                let max_in_row = self.cfg.max_timeouts_in_row;
+                let cool = self.cfg.cool_off;
+                if let Some(p) = self.peers.get_mut(&r.peer) {
+                    p.stats.timeouts += 1;
+                    p.timeouts_in_row += 1;
+                    p.stats.window = (p.stats.window / 2).max(cfg_min);
+                    if p.timeouts_in_row >= max_in_row && p.stats.state == PeerState::Active {
+                        p.cool_offs += 1;
+                        let d = cool * 2u32.saturating_pow(p.cool_offs.min(10) - 1);
+                        p.stats.state = PeerState::Waiting(now + d);
+                    }
+                }
+            }
+        }
+        for p in self.peers.values_mut() {
+            if let PeerState::Waiting(t) = p.stats.state
+                && t <= now
+            {
+                p.stats.state = PeerState::Active;
+                p.timeouts_in_row = 0;
+            }
+        }
+        self.schedule(now);
+    }
+
+    /// A request failed without data.
+    pub fn handle_failure(&mut self, id: u64, failure: Failure, now: Instant) {
+        let Some(r) = self.release(id) else {
+            return;
+        };
+        let min_window = self.cfg.min_window;
+        match failure {
+            Failure::Busy { retry_after } => {
+                if let Some(p) = self.peers.get_mut(&r.peer) {
+                    p.stats.busy += 1;
+                    p.stats.window = (p.stats.window / 2).max(min_window);
+                    let retry =
+                        retry_after.clamp(Duration::from_millis(50), Duration::from_secs(30));
+                    p.stats.state = PeerState::Waiting(now + retry);
+                }
+            }
+            Failure::NotFound => {
+                if let Some(p) = self.peers.get_mut(&r.peer) {
+                    p.stats.state = PeerState::NotFound;
+                }
+                self.cancel_peer(&r.peer);
+            }
+            Failure::Io => {
+                if let Some(p) = self.peers.get_mut(&r.peer) {
+                    p.timeouts_in_row += 1;
+                    p.stats.window = (p.stats.window / 2).max(min_window);
+                }
+            }
+            Failure::Malformed(why) => self.ban(&r.peer, format!("malformed response: {why}")),
+        }
+        self.schedule(now);
+    }
+
+    /// A header arrived for request `id`.
+    pub fn handle_header(&mut self, id: u64, bytes: &[u8], now: Instant) {
+        let Some(r) = self.release(id) else {
+            return;
+        };
+        if self.header.is_some() {
+            self.schedule(now);
+            return;
+        }
+        match RootHeader::decode_verified(bytes, &self.root) {
+            Ok(h) => {
+                self.credit(&r, bytes.len() as u64, now);
+                self.header = Some(h);
+                for j in 0..h.file_piece_count() {
+                    self.pieces_wanted.push_back((true, j));
+                }
+                for j in 0..h.chunk_piece_count() {
+                    self.pieces_wanted.push_back((false, j));
+                }
+                self.phase = Phase::Manifest;
+                self.maybe_assemble();
+            }
+            Err(e) => self.ban(&r.peer, format!("header: {e}")),
+        }
+        self.schedule(now);
+    }
+
+    /// A file-table piece arrived.
+    pub fn handle_file_piece(
+        &mut self,
+        id: u64,
+        index: u64,
+        entries: Vec<FileEntry>,
+        proof: &[Hash],
+        now: Instant,
+    ) {
+        let Some(r) = self.release(id) else {
+            return;
+        };
+        let (Some(h), Ask::FilePiece(asked)) = (self.header, &r.ask) else {
+            return;
+        };
+        if *asked != index {
+            self.ban(
+                &r.peer,
+                format!("answered file piece {index} to a request for {asked}"),
+            );
+        } else if let Err(e) = h.verify_file_piece(index, &entries, proof) {
+            self.ban(&r.peer, e.to_string());
+        } else {
+            self.credit(&r, entries.len() as u64 * 64, now);
+            self.file_pieces.insert(index, entries);
+            self.maybe_assemble();
+        }
+        self.schedule(now);
+    }
+
+    /// A chunk-table piece arrived.
+    pub fn handle_chunk_piece(
+        &mut self,
+        id: u64,
+        index: u64,
+        entries: Vec<ChunkEntry>,
+        proof: &[Hash],
+        now: Instant,
+    ) {
+        let Some(r) = self.release(id) else {
+            return;
+        };
+        let (Some(h), Ask::ChunkPiece(asked)) = (self.header, &r.ask) else {
+            return;
+        };
+        if *asked != index {
+            self.ban(
+                &r.peer,
+                format!("answered chunk piece {index} to a request for {asked}"),
+            );
+        } else if let Err(e) = h.verify_chunk_piece(index, &entries, proof) {
+            self.ban(&r.peer, e.to_string());
+        } else {
+            self.credit(&r, entries.len() as u64 * 48, now);
+            self.chunk_pieces.insert(index, entries);
+            self.maybe_assemble();
+        }
+        self.schedule(now);
+    }
+
+    /// The shell's plan: these chunks must be fetched; all others are
+    /// available locally (or were fetched by an earlier run).
+    pub fn set_needed(&mut self, needed: impl IntoIterator<Item = u64>, now: Instant) {
+        let n = self.chunks.len();
+        for c in &mut self.chunks {
+            *c = Chunk::Done;
+        }
+        let mut list: Vec<u64> = needed.into_iter().filter(|&i| (i as usize) < n).collect();
+        list.sort_unstable();
+        list.dedup();
+        for &i in &list {
+            self.chunks[i as usize] = Chunk::Pending;
+        }
+        self.progress.chunks_needed = list.len() as u64;
+        self.progress.bytes_needed = list.iter().map(|&i| u64::from(self.lens[i as usize])).sum();
+        self.progress.chunks_done = 0;
+        self.progress.bytes_done = 0;
+        self.queue = self.node_order(list);
+        self.phase = Phase::Chunks;
+        self.check_done();
+        self.schedule(now);
+    }
+
+    /// Per-chunk outcome of a chunk request: `Ok(())` for a verified chunk
+    /// (already written by the shell), `Err(reason)` for one that failed
+    /// verification. Requested chunks absent from `results` were not sent
+    /// (byte budget) and go back to the queue without penalty.
+    pub fn handle_chunks(&mut self, id: u64, results: &[(u64, Result<(), String>)], now: Instant) {
+        let Some(r) = self.release(id) else {
+            return;
+        };
+        let Ask::Chunks(asked) = &r.ask else {
+            return;
+        };
+        let asked: HashSet<u64> = asked.iter().copied().collect();
+        let mut bytes = 0u64;
+        let mut bad = None;
+        for (i, res) in results {
+            if !asked.contains(i) {
+                bad = Some(format!("sent chunk {i}, which was not requested"));
+                break;
+            }
+            match res {
+                Ok(()) => {
+                    let len = u64::from(self.lens[*i as usize]);
+                    bytes += len;
+                    match self.chunks[*i as usize] {
+                        Chunk::Done => self.progress.duplicate_chunks += 1,
+                        _ => {
+                            self.chunks[*i as usize] = Chunk::Done;
+                            self.progress.chunks_done += 1;
+                            self.progress.bytes_done += len;
+                            self.holders.remove(i);
+                        }
+                    }
+                }
+                Err(why) => {
+                    self.progress.rejected_chunks += 1;
+                    bad = Some(format!("chunk {i}: {why}"));
+                    break;
+                }
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&r.peer) {
+            p.stats.chunks_ok += results.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+        }
+        match bad {
+            Some(why) => self.ban(&r.peer, why),
+            None => self.credit(&r, bytes, now),
+        }
+        self.check_done();
+        self.schedule(now);
+    }
+
+    /// Whether chunk `i` still needs fetching.
+    pub fn is_needed(&self, i: u64) -> bool {
+        matches!(
+            self.chunks.get(i as usize),
+            Some(Chunk::Pending | Chunk::InFlight(_))
+        )
+    }
+
+    // ---- internals ----
+
+    fn node_order(&self, list: Vec<u64>) -> VecDeque<u64> {
+        // Runs of consecutive chunks, shuffled per node (Fisher-Yates with a
+        // seeded splitmix64): different fetchers ask different servers for
+        // different parts, and each request still reads sequentially.
+        let run = self.cfg.order_run.max(1);
+        let mut runs: Vec<&[u64]> = list.chunks(run).collect();
+        let mut s = self.seed ^ 0x0ddc_0ffe;
+        for i in (1..runs.len()).rev() {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            runs.swap(i, (z % (i as u64 + 1)) as usize);
+        }
+        runs.into_iter().flatten().copied().collect()
+    }
+
+    fn maybe_assemble(&mut self) {
+        let Some(h) = self.header else { return };
+        if self.phase != Phase::Manifest
+            || (self.file_pieces.len() as u64) < h.file_piece_count()
+            || (self.chunk_pieces.len() as u64) < h.chunk_piece_count()
+        {
+            return;
+        }
+        let files: Vec<FileEntry> = std::mem::take(&mut self.file_pieces)
+            .into_values()
+            .flatten()
+            .collect();
+        let chunks: Vec<ChunkEntry> = std::mem::take(&mut self.chunk_pieces)
+            .into_values()
+            .flatten()
+            .collect();
+        match Manifest::new(h.chunk_size, files, chunks) {
+            Ok(m) if m.root() == self.root => self.install_manifest(m),
+            // Every piece was proven against the root, so the signer
+            // committed to an invalid manifest: no peer is at fault and
+            // there is nothing to fetch.
+            Ok(_) => self.fail("the assembled manifest does not hash to the root".into()),
+            Err(e) => self.fail(format!(
+                "the manifest committed to by the root is invalid: {e}"
+            )),
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.phase = Phase::Failed(why);
+        let ids: Vec<u64> = self.inflight.keys().copied().collect();
+        for id in ids {
+            self.release(id);
+        }
+    }
+
+    /// Why the sync cannot complete (not a peer's fault), if so.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Failed(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    fn install_manifest(&mut self, m: Manifest) {
+        self.lens = m.chunks().iter().map(|c| c.len).collect();
+        self.chunks = vec![Chunk::Pending; self.lens.len()];
+        self.progress.chunks_total = self.lens.len() as u64;
+        self.manifest = Some(m);
+        self.pieces_wanted.clear();
+        self.phase = Phase::Planning;
+        self.actions.push_back(Action::ManifestReady);
+    }
+
+    fn check_done(&mut self) {
+        if self.phase == Phase::Chunks && self.chunks.iter().all(|c| *c == Chunk::Done) {
+            self.phase = Phase::Done;
+            // Outstanding duplicates are no longer needed.
+            let ids: Vec<u64> = self.inflight.keys().copied().collect();
+            for id in ids {
+                self.release(id);
+            }
+        }
+    }
+
+    /// Removes a request from the in-flight set, returning its chunks or
+    /// piece to the queue.
+    fn release(&mut self, id: u64) -> Option<Inflight<P>> {
+        let r = self.inflight.remove(&id)?;
+        if let Some(p) = self.peers.get_mut(&r.peer) {
+            p.stats.inflight_bytes = p.stats.inflight_bytes.saturating_sub(r.bytes);
+            p.stats.inflight_requests = p.stats.inflight_requests.saturating_sub(1);
+        }
+        match &r.ask {
+            Ask::Header => self.header_inflight = false,
+            Ask::FilePiece(j) => {
+                self.pieces_inflight.remove(&(true, *j));
+                if !self.file_pieces.contains_key(j) && self.phase == Phase::Manifest {
+                    self.pieces_wanted.push_front((true, *j));
+                }
+            }
+            Ask::ChunkPiece(j) => {
+                self.pieces_inflight.remove(&(false, *j));
+                if !self.chunk_pieces.contains_key(j) && self.phase == Phase::Manifest {
+                    self.pieces_wanted.push_front((false, *j));
+                }
+            }
+            Ask::Chunks(list) => {
+                for &i in list {
+                    if let Some(h) = self.holders.get_mut(&i) {
+                        h.retain(|p| p != &r.peer);
+                    }
+                    if let Some(c) = self.chunks.get_mut(i as usize) {
+                        *c = match *c {
+                            Chunk::InFlight(n) if n > 1 => Chunk::InFlight(n - 1),
+                            Chunk::InFlight(_) => {
+                                // Back to the front: these were next in line.
+                                self.queue.push_front(i);
+                                Chunk::Pending
+                            }
+                            other => other,
+                        };
+                    }
+                }
+            }
+        }
+        Some(r)
+    }
+
+    fn cancel_peer(&mut self, peer: &P) {
+        let ids: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| &r.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.release(id);
+        }
+    }
+
+    fn ban(&mut self, peer: &P, reason: String) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            if matches!(p.stats.state, PeerState::Banned(_)) {
+                return;
+            }
+            p.stats.state = PeerState::Banned(reason.clone());
+        }
+        self.cancel_peer(peer);
+        self.actions.push_back(Action::Banned {
+            peer: peer.clone(),
+            reason,
+        });
+    }
+
+    /// Measures the peer after a successful response and grows its window.
+    fn credit(&mut self, r: &Inflight<P>, bytes: u64, now: Instant) {
+        let max_window = self.cfg.max_window;
+        if let Some(p) = self.peers.get_mut(&r.peer) {
+            p.timeouts_in_row = 0;
+            p.stats.bytes_received += bytes;
+            let secs = now
+                .saturating_duration_since(r.sent)
+                .as_secs_f64()
+                .max(1e-4);
+            if bytes >= 64 * 1024 {
+                let rate = bytes as f64 / secs;
+                p.stats.rate = Some(match p.stats.rate {
+                    Some(old) => old * (1.0 - ALPHA) + rate * ALPHA,
+                    None => rate,
+                });
+            }
+            // Additive increase by what was delivered, up to the cap.
+            if bytes > 0 {
+                p.stats.window = (p.stats.window + bytes.min(4 << 20)).min(max_window);
+            }
+        }
+    }
+
+    fn timeout_for(&self, peer: &Peer, bytes: u64) -> Duration {
+        let rate = peer
+            .stats
+            .rate
+            .unwrap_or(self.cfg.assumed_rate)
+            .max(64.0 * 1024.0);
+        // Everything queued at this peer must drain before our bytes arrive.
+        let queued = (peer.stats.inflight_bytes + bytes) as f64;
+        let t = self.cfg.base_timeout + Duration::from_secs_f64(3.0 * queued / rate);
+        t.min(self.cfg.max_timeout)
+    }
+
+    fn send(&mut self, peer: P, ask: Ask, bytes: u64, now: Instant) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let deadline = now + self.timeout_for(p, bytes);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.inflight_bytes += bytes;
+            p.stats.inflight_requests += 1;
+        }
+        self.progress.requests_sent += 1;
+        self.inflight.insert(
+            id,
+            Inflight {
+                peer: peer.clone(),
+                ask: ask.clone(),
+                sent: now,
+                deadline,
+                bytes,
+            },
+        );
+        self.actions.push_back(Action::Send { peer, id, ask });
+    }
+
+    /// Active peers, fastest first (unmeasured ones in the middle).
+    fn ranked_peers(&self) -> Vec<P> {
+        let mut v: Vec<(&P, f64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.stats.state == PeerState::Active)
+            .map(|(k, p)| (k, p.stats.rate.unwrap_or(self.cfg.assumed_rate)))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        v.into_iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Header => {
+                if self.header_inflight {
+                    return;
+                }
+                if let Some(peer) = self.ranked_peers().into_iter().next() {
+                    self.header_inflight = true;
+                    self.send(peer, Ask::Header, 128, now);
+                }
+            }
+            Phase::Manifest => {
+                // Pieces spread over peers, a few at a time each.
+                loop {
+                    let Some(&(is_file, j)) = self.pieces_wanted.front() else {
+                        break;
+                    };
+                    let peer = self
+                        .ranked_peers()
+                        .into_iter()
+                        .filter(|p| {
+                            self.peers
+                                .get(p)
+                                .is_some_and(|x| x.stats.inflight_requests < 2)
+                        })
+                        .min_by_key(|p| {
+                            self.peers
+                                .get(p)
+                                .map(|x| x.stats.inflight_requests)
+                                .unwrap_or(0)
+                        });
+                    let Some(peer) = peer else { break };
+                    self.pieces_wanted.pop_front();
+                    self.pieces_inflight.insert((is_file, j));
+                    let (ask, bytes) = if is_file {
+                        (Ask::FilePiece(j), (1u64 << FILE_PIECE_LEVEL) * 100)
+                    } else {
+                        (Ask::ChunkPiece(j), (1u64 << CHUNK_PIECE_LEVEL) * 48)
+                    };
+                    self.send(peer, ask, bytes, now);
+                }
+            }
+            Phase::Planning | Phase::Done | Phase::Failed(_) => {}
+            Phase::Chunks => self.schedule_chunks(now),
+        }
+    }
+
+    fn schedule_chunks(&mut self, now: Instant) {
+        let peers = self.ranked_peers();
+        let mut progress = true;
+        // Round-robin over peers in rank order so one fast peer does not take
+        // every pending chunk in a single pass.
+        while progress {
+            progress = false;
+            for peer in &peers {
+                let Some(p) = self.peers.get(peer) else {
+                    continue;
+                };
+                if p.stats.inflight_requests >= self.cfg.max_requests_per_peer
+                    || p.stats.inflight_bytes >= p.stats.window
+                {
+                    continue;
+                }
+                let budget = (p.stats.window - p.stats.inflight_bytes)
+                    .min(self.cfg.max_batch_bytes)
+                    .max(1);
+                let batch = self.take_batch(peer, budget);
+                if batch.is_empty() {
+                    continue;
+                }
+                let bytes: u64 = batch
+                    .iter()
+                    .map(|&i| u64::from(self.lens[i as usize]))
+                    .sum();
+                for &i in &batch {
+                    let c = &mut self.chunks[i as usize];
+                    *c = match *c {
+                        Chunk::InFlight(n) => Chunk::InFlight(n + 1),
+                        _ => Chunk::InFlight(1),
+                    };
+                    self.holders.entry(i).or_default().push(peer.clone());
+                }
+                self.send(peer.clone(), Ask::Chunks(batch), bytes, now);
+                progress = true;
+            }
+        }
+    }
+
+    /// Next chunks for `peer`: pending ones in node order; in the endgame
+    /// (nothing pending), chunks in flight elsewhere with fewer than the
+    /// allowed copies.
+    fn take_batch(&mut self, peer: &P, budget: u64) -> Vec<u64> {
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(&i) = self.queue.front() {
+            if self.chunks[i as usize] != Chunk::Pending {
+                self.queue.pop_front();
+                continue;
+            }
+            let len = u64::from(self.lens[i as usize]);
+            if !batch.is_empty()
+                && (bytes + len > budget || batch.len() >= self.cfg.max_batch_chunks)
+            {
+                break;
+            }
+            self.queue.pop_front();
+            // Mark now so a second pass over the queue does not take it again.
+            self.chunks[i as usize] = Chunk::InFlight(0);
+            batch.push(i);
+            bytes += len;
+        }
+        if !batch.is_empty() {
+            return batch;
+        }
+        // Endgame.
+        let limit = self.cfg.endgame_copies;
+        let mut candidates: Vec<u64> = self
+            .holders
+            .iter()
+            .filter(|(i, h)| {
+                !h.contains(peer)
+                    && matches!(self.chunks[**i as usize], Chunk::InFlight(n) if n < limit)
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        candidates.sort_unstable();
+        for i in candidates {
+            let len = u64::from(self.lens[i as usize]);
+            if !batch.is_empty()
+                && (bytes + len > budget || batch.len() >= self.cfg.max_batch_chunks)
+            {
+                break;
+            }
+            batch.push(i);
+            bytes += len;
+        }
+        batch
+    }
+}
