@@ -309,17 +309,17 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     }
 
     /// The peer disconnected: its requests go back to the queue (no penalty).
+    /// A banned or not-found peer keeps its record, so reconnecting does not
+    /// clear it.
     pub fn remove_peer(&mut self, peer: &P, now: Instant) {
-        let ids: Vec<u64> = self
-            .inflight
-            .iter()
-            .filter(|(_, r)| &r.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.release(id);
+        self.cancel_peer(peer);
+        if self
+            .peers
+            .get(peer)
+            .is_some_and(|p| matches!(p.stats.state, PeerState::Active | PeerState::Waiting(_)))
+        {
+            self.peers.remove(peer);
         }
-        self.peers.remove(peer);
         self.schedule(now);
     }
 
@@ -822,10 +822,7 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             }
             Phase::Manifest => {
                 // Pieces spread over peers, a few at a time each.
-                loop {
-                    let Some(&(is_file, j)) = self.pieces_wanted.front() else {
-                        break;
-                    };
+                while let Some(&(is_file, j)) = self.pieces_wanted.front() {
                     let peer = self
                         .ranked_peers()
                         .into_iter()

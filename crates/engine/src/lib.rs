@@ -4,3 +4,4 @@
 //! simulations drive them with a virtual clock.
 
 pub mod fetch;
+pub mod peers;

@@ -14,6 +14,21 @@ use std::path::Path;
 pub struct LocalSource<'a> {
     pub dir: &'a Path,
     pub manifest: &'a Manifest,
+    /// For a partial source (an unfinished sync of another root): only these
+    /// chunk indices of its manifest are present, and no file is complete
+    /// enough to link. `None`: the source is complete.
+    pub only_chunks: Option<&'a std::collections::HashSet<u64>>,
+}
+
+impl<'a> LocalSource<'a> {
+    /// A complete local checkpoint.
+    pub fn complete(dir: &'a Path, manifest: &'a Manifest) -> LocalSource<'a> {
+        LocalSource {
+            dir,
+            manifest,
+            only_chunks: None,
+        }
+    }
 }
 
 /// What to do for one chunk of the target.
@@ -85,13 +100,16 @@ pub fn plan(target: &Manifest, sources: &[LocalSource<'_>]) -> Plan {
     let mut by_chunk: HashMap<Hash, (u32, u32, u64)> = HashMap::new();
     for (si, s) in sources.iter().enumerate() {
         for (fi, f) in s.manifest.files().iter().enumerate() {
-            if f.size > 0 {
+            if f.size > 0 && s.only_chunks.is_none() {
                 by_file
                     .entry((f.hash, f.executable))
                     .or_insert((si as u32, fi as u32));
             }
         }
-        for c in s.manifest.chunks() {
+        for (ci, c) in s.manifest.chunks().iter().enumerate() {
+            if s.only_chunks.is_some_and(|set| !set.contains(&(ci as u64))) {
+                continue;
+            }
             by_chunk
                 .entry(c.hash)
                 .or_insert((si as u32, c.file, c.offset));
@@ -161,7 +179,10 @@ fn same_place(
     sources.iter().enumerate().find_map(|(si, s)| {
         let fi = s.manifest.find(path)?;
         let cs = u64::from(s.manifest.chunk_size());
-        let c = s.manifest.file_chunks(fi).get((offset / cs) as usize)?;
-        (c.offset == offset && c.hash == *hash).then_some((si as u32, fi as u32, offset))
+        let k = (offset / cs) as usize;
+        let c = s.manifest.file_chunks(fi).get(k)?;
+        let index = s.manifest.first_chunk(fi) + k as u64;
+        let present = s.only_chunks.is_none_or(|set| set.contains(&index));
+        (present && c.offset == offset && c.hash == *hash).then_some((si as u32, fi as u32, offset))
     })
 }

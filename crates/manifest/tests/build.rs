@@ -477,13 +477,7 @@ fn diff_plans_links_copies_zeros_and_fetches() {
     common::write_tree(d.path(), &old);
     let om = manifest_of_tree(CS, &old).unwrap();
     let nm = manifest_of_tree(CS, &new).unwrap();
-    let p = plan(
-        &nm,
-        &[LocalSource {
-            dir: d.path(),
-            manifest: &om,
-        }],
-    );
+    let p = plan(&nm, &[LocalSource::complete(d.path(), &om)]);
     let t = p.totals;
     // "same" and "elsewhere/moved" are linked; "exec-copy" differs in mode so
     // its chunks are copied instead.

@@ -286,10 +286,7 @@ fn manifest_bench(
         let (s, _) = timed(|| {
             Ok(statesync_manifest::plan(
                 &m2.manifest,
-                &[LocalSource {
-                    dir: &v1,
-                    manifest: &m1.manifest,
-                }],
+                &[LocalSource::complete(&v1, &m1.manifest)],
             ))
         })?;
         runs[7].push(s);

@@ -112,13 +112,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
 
     let m1 = store.load_manifest(100)?;
     let m2 = store.load_manifest(200)?;
-    let plan = statesync_manifest::plan(
-        &m2,
-        &[LocalSource {
-            dir: &store.state_dir(100),
-            manifest: &m1,
-        }],
-    );
+    let plan = statesync_manifest::plan(&m2, &[LocalSource::complete(&store.state_dir(100), &m1)]);
     let p = plan.totals;
     say(format!(
         "[4/6] a node holding checkpoint 100 that must reach 200 plans: link {} files ({}), copy {} chunks ({}), skip {} zero chunks ({}), fetch {} chunks ({}) — {:.2}% of the state",

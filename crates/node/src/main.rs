@@ -2,6 +2,9 @@
 
 mod bench;
 mod demo;
+mod p2p;
+mod serve;
+mod session;
 mod synth;
 mod ui;
 
@@ -76,6 +79,90 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Walk through the foundation on generated data (see README).
     Demo(demo::DemoArgs),
+    /// Serve the checkpoints of a store to peers.
+    Serve {
+        /// The checkpoint store to serve.
+        #[arg(long)]
+        store: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Per-peer serving rate limit, MiB/s.
+        #[arg(long, default_value_t = 512)]
+        peer_rate_mib: u64,
+        /// Global serving rate limit, MiB/s.
+        #[arg(long, default_value_t = 2048)]
+        global_rate_mib: u64,
+        /// Requests answered at once per peer; more get BUSY.
+        #[arg(long, default_value_t = 16)]
+        max_concurrent: usize,
+        #[arg(long, hide = true)]
+        fault: Option<p2p::Fault>,
+    },
+    /// Fetch the checkpoint with a trusted root from peers.
+    Fetch {
+        /// The trusted root hash (64 hex digits).
+        #[arg(long)]
+        root: String,
+        /// Where to put the checkpoint (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// A local checkpoint to reuse data from: DIR (manifest computed) or
+        /// DIR=MANIFEST.
+        #[arg(long = "seed")]
+        seeds: Vec<String>,
+        /// Reuse data from every checkpoint of this store.
+        #[arg(long)]
+        seed_store: Option<PathBuf>,
+        #[command(flatten)]
+        net: NetArgs,
+        #[arg(long, hide = true)]
+        crash_after_bytes: Option<u64>,
+    },
+}
+
+#[derive(Args)]
+struct NetArgs {
+    /// Data directory: identity key, fetch staging and progress.
+    #[arg(long)]
+    data: PathBuf,
+    /// Listen address(es), e.g. /ip4/127.0.0.1/tcp/0 or /ip4/127.0.0.1/udp/0/quic-v1.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Peers to connect to: multiaddrs ending in /p2p/<peer id>.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Write the first listen address here (for scripts and tests).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Keep at least this many peers (discovery runs below it).
+    #[arg(long, default_value_t = 8)]
+    min_peers: usize,
+    #[arg(long, default_value_t = 64)]
+    max_peers: usize,
+}
+
+impl NetArgs {
+    fn cfg(&self, json: bool, quiet: bool) -> Result<p2p::NodeCfg> {
+        let parse = |s: &String| -> Result<statesync_net::libp2p::Multiaddr> {
+            s.parse().map_err(|e| format!("address {s:?}: {e}").into())
+        };
+        Ok(p2p::NodeCfg {
+            data: self.data.clone(),
+            listen: self.listen.iter().map(parse).collect::<Result<_>>()?,
+            peers: self.peers.iter().map(parse).collect::<Result<_>>()?,
+            addr_file: self.addr_file.clone(),
+            json,
+            quiet,
+            min_peers: self.min_peers,
+            max_peers: self.max_peers,
+        })
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 #[derive(Subcommand)]
@@ -276,6 +363,7 @@ fn stats_path(manifest: &Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.json;
+    let quiet = cli.quiet;
     let bars = !cli.quiet && !json;
     match cli.cmd {
         Cmd::GenState(GenCmd::New {
@@ -569,10 +657,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let srcs: Vec<LocalSource<'_>> = sources
                 .iter()
-                .map(|(d, m)| LocalSource {
-                    dir: d,
-                    manifest: m,
-                })
+                .map(|(d, m)| LocalSource::complete(d, m))
                 .collect();
             let plan = statesync_manifest::plan(&tm, &srcs);
             let t = plan.totals;
@@ -615,6 +700,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Checkpoint(c) => return checkpoint(c, json, bars),
         Cmd::Bench(b) => return bench::run(b, json),
         Cmd::Demo(a) => return demo::run(a, json),
+        Cmd::Serve {
+            store,
+            net,
+            peer_rate_mib,
+            global_rate_mib,
+            max_concurrent,
+            fault,
+        } => {
+            let (st, _) = Store::open(&store)?;
+            let server = serve::Server::new(
+                Some(st),
+                p2p::limits(peer_rate_mib, global_rate_mib, max_concurrent),
+            );
+            let cfg = net.cfg(json, quiet)?;
+            return runtime()?.block_on(p2p::run(cfg, Some(server), None, fault));
+        }
+        Cmd::Fetch {
+            root,
+            out,
+            seeds,
+            seed_store,
+            net,
+            crash_after_bytes,
+        } => {
+            let root = parse_root(&root)?;
+            if out.exists() {
+                return Err(format!(
+                    "{} already exists; fetch writes a new directory",
+                    out.display()
+                )
+                .into());
+            }
+            let mut seed_list = Vec::new();
+            for s in &seeds {
+                let (dir, man) = match s.split_once('=') {
+                    Some((d, m)) => (PathBuf::from(d), read_manifest(Path::new(m))?),
+                    None => (
+                        PathBuf::from(s),
+                        statesync_manifest::build(Path::new(s), &BuildOptions::default())?.manifest,
+                    ),
+                };
+                seed_list.push((dir, man));
+            }
+            if let Some(sp) = &seed_store {
+                let (st, _) = Store::open(sp)?;
+                for c in st.list()? {
+                    seed_list.push((st.state_dir(c.height), st.load_manifest(c.height)?));
+                }
+            }
+            let job = p2p::FetchJob {
+                root,
+                out,
+                seeds: seed_list,
+                crash_after_bytes,
+            };
+            let cfg = net.cfg(json, quiet)?;
+            return runtime()?.block_on(p2p::run(cfg, None, Some(job), None));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

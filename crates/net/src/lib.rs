@@ -1,0 +1,140 @@
+//! The libp2p layer of statesync.
+//!
+//! - Transports: TCP + noise + yamux (bulk, the default) and QUIC.
+//! - Protocols: `/statesync/state/1` (request/response, one stream per
+//!   request, framed and bounded by `statesync-proto`), identify, ping,
+//!   Kademlia for discovery.
+//! - [`OnePerPeer`]: when two nodes dial each other at once, both keep the
+//!   same single connection (the one dialed by the smaller peer id) and close
+//!   the other.
+//! - A persistent ed25519 identity in the data directory.
+
+mod codec;
+mod one_per_peer;
+
+pub use codec::StateCodec;
+pub use libp2p;
+pub use one_per_peer::OnePerPeer;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, identify, kad, noise, ping, request_response, tcp, yamux};
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything a statesync node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub state: request_response::Behaviour<StateCodec>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub one_per_peer: OnePerPeer,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("identity file {path}: {err}")]
+    Identity { path: String, err: String },
+    #[error("building the swarm: {0}")]
+    Build(String),
+}
+
+/// Loads the node's ed25519 identity from `path`, creating it (mode 0600) if
+/// absent.
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NetError> {
+    let err = |e: String| NetError::Identity {
+        path: path.display().to_string(),
+        err: e,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let bytes = kp.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
+            }
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| err(e.to_string()))?;
+            f.write_all(&bytes).map_err(|e| err(e.to_string()))?;
+            f.sync_all().map_err(|e| err(e.to_string()))?;
+            std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
+            Ok(kp)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Network tunables.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Timeout of one request/response exchange at the transport level (the
+    /// scheduler has its own, adaptive, shorter ones).
+    pub request_timeout: Duration,
+    /// Streams of the state protocol open at once per connection.
+    pub max_concurrent_streams: usize,
+    pub idle_connection_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            request_timeout: Duration::from_secs(120),
+            max_concurrent_streams: 256,
+            idle_connection_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Builds the swarm: TCP+noise+yamux and QUIC on tokio.
+pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let b = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
+    let rr_cfg = request_response::Config::default()
+        .with_request_timeout(cfg.request_timeout)
+        .with_max_concurrent_streams(cfg.max_concurrent_streams);
+    let mut yamux_cfg = yamux::Config::default();
+    yamux_cfg.set_max_num_streams(cfg.max_concurrent_streams.max(64));
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            move || yamux_cfg.clone(),
+        )
+        .map_err(|e| b(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+            kad.set_mode(Some(kad::Mode::Server));
+            Behaviour {
+                state: request_response::Behaviour::new(
+                    [(
+                        StreamProtocol::new(statesync_proto::PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    rr_cfg,
+                ),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/statesync/id/1".into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                kad,
+                one_per_peer: OnePerPeer::new(peer_id),
+            }
+        })
+        .map_err(|e| b(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,312 @@
+//! The serving side: answers state requests from a checkpoint store, with
+//! per-peer and global byte-weighted token buckets, a cap on concurrent
+//! requests per peer, and an explicit BUSY / NOT_FOUND for every request
+//! that is not served. Only promoted checkpoints are ever served.
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use statesync_manifest::format::Manifest;
+use statesync_manifest::hash::Hash;
+use statesync_net::libp2p::PeerId;
+use statesync_proto::{Advert, AdvertEntry, MAX_BATCH_BYTES, Request, Response};
+use statesync_store::Store;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Per-peer bytes per second (token bucket, burst of one second).
+    pub peer_bytes_per_sec: u64,
+    /// All peers together.
+    pub global_bytes_per_sec: u64,
+    /// Requests being answered at once for one peer.
+    pub max_concurrent_per_peer: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            peer_bytes_per_sec: 512 << 20,
+            global_bytes_per_sec: 2 << 30,
+            max_concurrent_per_peer: 16,
+        }
+    }
+}
+
+/// A checkpoint being served.
+pub struct Served {
+    pub height: u64,
+    pub manifest: Manifest,
+    pub state_dir: PathBuf,
+}
+
+/// Counters for metrics and tests.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ServeStats {
+    pub requests: u64,
+    pub bytes_served: u64,
+    pub busy: u64,
+    pub not_found: u64,
+}
+
+pub struct Server {
+    store: Option<Store>,
+    served: HashMap<Hash, Arc<Served>>,
+    last_scan: Option<Instant>,
+    limits: ServeLimits,
+    peer_limiter: RateLimiter<PeerId, DefaultKeyedStateStore<PeerId>, DefaultClock>,
+    global_limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
+    active: HashMap<PeerId, usize>,
+    pub stats: ServeStats,
+    advert_seq: u64,
+    advert_entries: Vec<AdvertEntry>,
+}
+
+/// Token-bucket units are KiB so that a second's worth fits in a u32.
+fn quota(bytes_per_sec: u64) -> Quota {
+    let kib = (bytes_per_sec / 1024).clamp(1, u64::from(u32::MAX)) as u32;
+    let n = NonZeroU32::new(kib).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(n).allow_burst(n)
+}
+
+impl Server {
+    pub fn new(store: Option<Store>, limits: ServeLimits) -> Server {
+        Server {
+            peer_limiter: RateLimiter::keyed(quota(limits.peer_bytes_per_sec)),
+            global_limiter: RateLimiter::direct(quota(limits.global_bytes_per_sec)),
+            store,
+            served: HashMap::new(),
+            last_scan: None,
+            limits,
+            active: HashMap::new(),
+            stats: ServeStats::default(),
+            advert_seq: 0,
+            advert_entries: Vec::new(),
+        }
+    }
+
+    /// Re-reads the store's checkpoint list (at most once a second unless
+    /// forced). Returns true if the set of served roots changed.
+    pub fn refresh(&mut self, force: bool) -> bool {
+        if !force
+            && self
+                .last_scan
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.last_scan = Some(Instant::now());
+        let Some(store) = &self.store else {
+            return false;
+        };
+        let Ok(list) = store.list() else { return false };
+        let mut next = HashMap::new();
+        for c in list {
+            if let Some(s) = self.served.get(&c.root) {
+                next.insert(c.root, s.clone());
+                continue;
+            }
+            if let Ok(m) = store.load_manifest(c.height) {
+                next.insert(
+                    c.root,
+                    Arc::new(Served {
+                        height: c.height,
+                        manifest: m,
+                        state_dir: store.state_dir(c.height),
+                    }),
+                );
+            }
+        }
+        let changed =
+            next.len() != self.served.len() || next.keys().any(|k| !self.served.contains_key(k));
+        self.served = next;
+        if changed {
+            self.advert_seq = statesync_manifest::stats::now_ns() as u64;
+            let mut e: Vec<AdvertEntry> = self
+                .served
+                .iter()
+                .map(|(root, s)| AdvertEntry {
+                    height: s.height,
+                    root: *root,
+                    bytes: s.manifest.total_size(),
+                })
+                .collect();
+            e.sort_by_key(|x| std::cmp::Reverse(x.height));
+            e.truncate(statesync_proto::MAX_ADVERT_ENTRIES);
+            self.advert_entries = e;
+        }
+        changed
+    }
+
+    pub fn advert(&self) -> Advert {
+        Advert {
+            seq: self.advert_seq,
+            entries: self.advert_entries.clone(),
+        }
+    }
+
+    /// Admission for a request from `peer`: either a job to run off the
+    /// event loop (it reads files), or an immediate answer.
+    pub fn admit(&mut self, peer: PeerId, req: &Request) -> Result<Job, Response> {
+        self.stats.requests += 1;
+        let root = match req {
+            Request::GetHeader { root }
+            | Request::GetFilePiece { root, .. }
+            | Request::GetChunkPiece { root, .. }
+            | Request::GetChunks { root, .. } => *root,
+            Request::GetAdvert | Request::Announce { .. } => {
+                return Err(Response::Refused {
+                    reason: "handled by the node".into(),
+                });
+            }
+        };
+        if !self.served.contains_key(&root) {
+            // A checkpoint promoted a moment ago: look again before saying no.
+            self.refresh(true);
+        }
+        let Some(served) = self.served.get(&root).cloned() else {
+            self.stats.not_found += 1;
+            return Err(Response::NotFound);
+        };
+        let cost = match req {
+            Request::GetChunks { indices, .. } => indices
+                .iter()
+                .filter_map(|&i| served.manifest.chunks().get(i as usize))
+                .map(|c| u64::from(c.len))
+                .sum::<u64>()
+                .min(MAX_BATCH_BYTES as u64),
+            _ => 256 * 1024,
+        };
+        let active = self.active.get(&peer).copied().unwrap_or(0);
+        if active >= self.limits.max_concurrent_per_peer {
+            self.stats.busy += 1;
+            return Err(Response::Busy {
+                retry_after_ms: 100,
+            });
+        }
+        let units = NonZeroU32::new(((cost / 1024).max(1)).min(u64::from(u32::MAX)) as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let clock = DefaultClock::default();
+        // A request larger than a whole second's budget is charged one
+        // second's worth (it cannot ever fit otherwise).
+        let clamp = |u: NonZeroU32, per_sec: u64| {
+            let cap = ((per_sec / 1024).max(1)).min(u64::from(u32::MAX)) as u32;
+            NonZeroU32::new(u.get().min(cap)).unwrap_or(NonZeroU32::MIN)
+        };
+        let pu = clamp(units, self.limits.peer_bytes_per_sec);
+        if let Ok(Err(not_until)) = self.peer_limiter.check_key_n(&peer, pu) {
+            self.stats.busy += 1;
+            let wait = not_until.wait_time_from(clock.now());
+            return Err(Response::Busy {
+                retry_after_ms: wait.as_millis().clamp(10, 30_000) as u32,
+            });
+        }
+        let gu = clamp(units, self.limits.global_bytes_per_sec);
+        if let Ok(Err(not_until)) = self.global_limiter.check_n(gu) {
+            self.stats.busy += 1;
+            let wait = not_until.wait_time_from(clock.now());
+            return Err(Response::Busy {
+                retry_after_ms: wait.as_millis().clamp(10, 30_000) as u32,
+            });
+        }
+        *self.active.entry(peer).or_default() += 1;
+        Ok(Job {
+            served,
+            req: req.clone(),
+        })
+    }
+
+    /// A job for `peer` finished (answered or failed).
+    pub fn finished(&mut self, peer: PeerId, resp: &Response) {
+        if let Some(n) = self.active.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.active.remove(&peer);
+            }
+        }
+        match resp {
+            Response::Chunks { chunks } => {
+                self.stats.bytes_served += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+            }
+            Response::NotFound => self.stats.not_found += 1,
+            _ => {}
+        }
+    }
+}
+
+/// A request admitted for serving; [`Job::run`] does the file I/O.
+pub struct Job {
+    served: Arc<Served>,
+    req: Request,
+}
+
+impl Job {
+    pub fn run(self) -> Response {
+        let m = &self.served.manifest;
+        match self.req {
+            Request::GetHeader { .. } => Response::Header {
+                header: m.header().encode(),
+            },
+            Request::GetFilePiece { index, .. } => match m.file_piece(index) {
+                Some((e, proof)) => Response::FilePiece {
+                    index,
+                    entries: e.to_vec(),
+                    proof,
+                },
+                None => Response::NotFound,
+            },
+            Request::GetChunkPiece { index, .. } => match m.chunk_piece(index) {
+                Some((e, proof)) => Response::ChunkPiece {
+                    index,
+                    entries: e.to_vec(),
+                    proof,
+                },
+                None => Response::NotFound,
+            },
+            Request::GetChunks { indices, .. } => {
+                let mut out = Vec::with_capacity(indices.len());
+                let mut total = 0usize;
+                let mut open: Option<(u32, std::fs::File)> = None;
+                for i in indices {
+                    let Some(c) = m.chunks().get(i as usize) else {
+                        return Response::NotFound;
+                    };
+                    if !out.is_empty() && total + c.len as usize > MAX_BATCH_BYTES {
+                        break;
+                    }
+                    if open.as_ref().is_none_or(|(f, _)| *f != c.file) {
+                        let path = statesync_manifest::path::join(
+                            &self.served.state_dir,
+                            &m.files()[c.file as usize].path,
+                        );
+                        match std::fs::File::open(&path) {
+                            Ok(f) => open = Some((c.file, f)),
+                            // Pruned while we serve: say so, the fetcher
+                            // moves to other peers.
+                            Err(_) => return Response::NotFound,
+                        }
+                    }
+                    let Some((_, f)) = &open else {
+                        return Response::NotFound;
+                    };
+                    let mut buf = vec![0u8; c.len as usize];
+                    if f.read_exact_at(&mut buf, c.offset).is_err() {
+                        return Response::NotFound;
+                    }
+                    total += buf.len();
+                    out.push((i, buf));
+                }
+                Response::Chunks { chunks: out }
+            }
+            Request::GetAdvert | Request::Announce { .. } => Response::Refused {
+                reason: "not a data request".into(),
+            },
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The fetcher's files: a staging area per root, durable progress in redb,
+//! the local reuse plan, chunk writes, final verification and promotion.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! fetch/<root hex>/state/...     the checkpoint being assembled
+//! fetch/<root hex>/manifest      the verified manifest (once fetched)
+//! fetch/<root hex>/progress.redb chunk indices durably written
+//! ```
+//!
+//! Durability order: chunk bytes are written and `fdatasync`ed before their
+//! indices are committed to redb, so a committed index always has its bytes
+//! on disk. After SIGKILL a restart refetches only chunks that were in flight
+//! or written since the last commit (at most one commit batch).
+
+use redb::{Database, ReadableTable, TableDefinition};
+use statesync_manifest::diff::{ChunkAction, LocalSource, Plan};
+use statesync_manifest::format::Manifest;
+use statesync_manifest::hash::{Hash, chunk_hash};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, Error>;
+
+pub struct Staging {
+    pub dir: PathBuf,
+    pub root: Hash,
+    db: Database,
+}
+
+pub fn staging_dir(data: &Path, root: &Hash) -> PathBuf {
+    data.join("fetch").join(root.to_hex())
+}
+
+impl Staging {
+    pub fn open(data: &Path, root: Hash) -> Result<Staging> {
+        let dir = staging_dir(data, &root);
+        std::fs::create_dir_all(dir.join("state"))
+            .map_err(|e| format!("create staging {}: {e}", dir.display()))?;
+        let db = Database::create(dir.join("progress.redb"))
+            .map_err(|e| format!("open progress database in {}: {e}", dir.display()))?;
+        let tx = db.begin_write()?;
+        tx.open_table(DONE)?;
+        tx.commit()?;
+        Ok(Staging { dir, root, db })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The manifest saved by an earlier run, if any (verified again).
+    pub fn saved_manifest(&self) -> Option<Manifest> {
+        let bytes = std::fs::read(self.dir.join("manifest")).ok()?;
+        Manifest::decode_verified(&bytes, &self.root).ok()
+    }
+
+    pub fn save_manifest(&self, m: &Manifest) -> Result<()> {
+        let p = self.dir.join("manifest");
+        let tmp = self.dir.join("manifest.tmp");
+        let f = File::create(&tmp)?;
+        f.write_all_at(&m.encode(), 0)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Chunk indices durably written.
+    pub fn done(&self) -> Result<HashSet<u64>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DONE)?;
+        let mut out = HashSet::new();
+        for r in t.iter()? {
+            let (k, _) = r?;
+            out.insert(k.value());
+        }
+        Ok(out)
+    }
+
+    /// Commits chunk indices whose bytes are already durable.
+    pub fn commit(&self, indices: &[u64]) -> Result<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(DONE)?;
+            for &i in indices {
+                t.insert(i, ())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Other roots' unfinished stagings in the data directory: their verified
+/// chunks are reusable when the target root changes mid-sync.
+pub fn other_stagings(data: &Path, root: &Hash) -> Vec<(PathBuf, Manifest, HashSet<u64>)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(data.join("fetch")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(r) = Hash::from_hex(&name) else {
+            continue;
+        };
+        if r == *root {
+            continue;
+        }
+        let Ok(st) = Staging::open(data, r) else {
+            continue;
+        };
+        let (Some(m), Ok(done)) = (st.saved_manifest(), st.done()) else {
+            continue;
+        };
+        out.push((st.state_dir(), m, done));
+    }
+    out
+}
+
+fn open_target(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(path)
+}
+
+/// What executing the local plan did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LocalReport {
+    pub files_linked: u64,
+    pub bytes_linked: u64,
+    pub chunks_copied: u64,
+    pub bytes_copied: u64,
+    pub chunks_zero: u64,
+    pub bytes_zero: u64,
+    /// Chunks done by an earlier run of this sync.
+    pub chunks_resumed: u64,
+    pub bytes_resumed: u64,
+    /// Copy sources whose bytes did not match (they are fetched instead).
+    pub copy_mismatches: u64,
+}
+
+/// Creates the target files (sparse, at their final size), hard-links
+/// identical files, copies and verifies local chunks, and returns the chunk
+/// indices that must still be fetched.
+pub fn execute_local(
+    staging: &Staging,
+    m: &Manifest,
+    plan: &Plan,
+    sources: &[LocalSource<'_>],
+) -> Result<(Vec<u64>, LocalReport)> {
+    let state = staging.state_dir();
+    let done = staging.done()?;
+    let mut rep = LocalReport::default();
+    let linked: HashMap<u32, (u32, u32)> = plan
+        .links
+        .iter()
+        .map(|l| (l.file, (l.source, l.source_file)))
+        .collect();
+    let mut newly_done = Vec::new();
+    let mut need = Vec::new();
+    for (fi, f) in m.files().iter().enumerate() {
+        let dst = statesync_manifest::path::join(&state, &f.path);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        }
+        let first = m.first_chunk(fi);
+        let count = m.file_chunks(fi).len() as u64;
+        if let Some(&(si, sf)) = linked.get(&(fi as u32)) {
+            let s = &sources[si as usize];
+            let src = statesync_manifest::path::join(s.dir, &s.manifest.files()[sf as usize].path);
+            let _ = std::fs::remove_file(&dst);
+            // Link only immutable (read-only) files, such as a store's
+            // checkpoints: a writable source could later change under the
+            // synced copy. Otherwise copy (copy_file_range / reflink).
+            use std::os::unix::fs::PermissionsExt;
+            let read_only =
+                std::fs::metadata(&src).is_ok_and(|md| md.permissions().mode() & 0o222 == 0);
+            if !read_only || std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst).map_err(|e| format!("copy {}: {e}", src.display()))?;
+                let mode = if f.executable { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
+            }
+            rep.files_linked += 1;
+            rep.bytes_linked += f.size;
+            // Verified with the whole checkpoint before promotion.
+            newly_done.extend(first..first + count);
+            continue;
+        }
+        let file = open_target(&dst).map_err(|e| format!("create {}: {e}", dst.display()))?;
+        let len = file.metadata()?.len();
+        if len != f.size {
+            file.set_len(f.size)
+                .map_err(|e| format!("size {}: {e}", dst.display()))?;
+        }
+        let mut wrote = false;
+        for (k, c) in m.file_chunks(fi).iter().enumerate() {
+            let idx = first + k as u64;
+            if done.contains(&idx) {
+                rep.chunks_resumed += 1;
+                rep.bytes_resumed += u64::from(c.len);
+                continue;
+            }
+            match plan.chunks[idx as usize] {
+                ChunkAction::Zero => {
+                    // Region of a fresh sparse file: already zeros. A file
+                    // reused from an earlier run may hold other bytes there.
+                    if len != 0 {
+                        file.write_all_at(&vec![0u8; c.len as usize], c.offset)?;
+                        wrote = true;
+                    }
+                    rep.chunks_zero += 1;
+                    rep.bytes_zero += u64::from(c.len);
+                    newly_done.push(idx);
+                }
+                ChunkAction::Copy {
+                    source,
+                    file: sf,
+                    offset,
+                } => {
+                    let s = &sources[source as usize];
+                    let src = statesync_manifest::path::join(
+                        s.dir,
+                        &s.manifest.files()[sf as usize].path,
+                    );
+                    let mut buf = vec![0u8; c.len as usize];
+                    let ok = File::open(&src)
+                        .and_then(|h| h.read_exact_at(&mut buf, offset))
+                        .is_ok()
+                        && chunk_hash(&buf) == c.hash;
+                    if ok {
+                        file.write_all_at(&buf, c.offset)?;
+                        wrote = true;
+                        rep.chunks_copied += 1;
+                        rep.bytes_copied += u64::from(c.len);
+                        newly_done.push(idx);
+                    } else {
+                        rep.copy_mismatches += 1;
+                        need.push(idx);
+                    }
+                }
+                ChunkAction::Fetch | ChunkAction::Linked => need.push(idx),
+            }
+        }
+        if wrote {
+            file.sync_data()?;
+        }
+    }
+    sync_dirs(&state)?;
+    staging.commit(&newly_done)?;
+    Ok((need, rep))
+}
+
+fn sync_dirs(root: &Path) -> Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            }
+        }
+        File::open(&d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Per-chunk verdicts for the scheduler.
+pub type ChunkResults = Vec<(u64, std::result::Result<(), String>)>;
+
+/// Verified chunk writes with batched durability, on its own thread.
+pub struct Writer {
+    staging_state: PathBuf,
+    files: HashMap<u32, File>,
+    dirty: HashSet<u32>,
+    pending: Vec<u64>,
+    pending_bytes: u64,
+    last_commit: Instant,
+    /// Commit after this many bytes or this long, whichever first.
+    pub commit_bytes: u64,
+    pub commit_every: Duration,
+}
+
+impl Writer {
+    pub fn new(staging: &Staging) -> Writer {
+        Writer {
+            staging_state: staging.state_dir(),
+            files: HashMap::new(),
+            dirty: HashSet::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            last_commit: Instant::now(),
+            commit_bytes: 64 << 20,
+            commit_every: Duration::from_millis(500),
+        }
+    }
+
+    /// Verifies and writes chunks; returns per-chunk results for the
+    /// scheduler. A local write failure is returned as `Err` (no peer is at
+    /// fault).
+    pub fn write(
+        &mut self,
+        staging: &Staging,
+        m: &Manifest,
+        chunks: Vec<(u64, Vec<u8>)>,
+    ) -> std::result::Result<ChunkResults, String> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for (i, data) in chunks {
+            let Some(c) = m.chunks().get(i as usize) else {
+                out.push((i, Err(format!("no chunk {i} in the manifest"))));
+                continue;
+            };
+            if let Err(e) = statesync_manifest::format::verify_chunk_data(i, c, &data) {
+                out.push((i, Err(e.to_string())));
+                continue;
+            }
+            let file = match self.files.entry(c.file) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let p = statesync_manifest::path::join(
+                        &self.staging_state,
+                        &m.files()[c.file as usize].path,
+                    );
+                    v.insert(open_target(&p).map_err(|e| format!("open {}: {e}", p.display()))?)
+                }
+            };
+            file.write_all_at(&data, c.offset)
+                .map_err(|e| format!("write {}: {e}", m.files()[c.file as usize].path))?;
+            self.dirty.insert(c.file);
+            self.pending.push(i);
+            self.pending_bytes += data.len() as u64;
+            out.push((i, Ok(())));
+        }
+        if self.pending_bytes >= self.commit_bytes
+            || self.last_commit.elapsed() >= self.commit_every
+        {
+            self.flush(staging)?;
+        }
+        Ok(out)
+    }
+
+    /// Makes written bytes durable, then records them as done.
+    pub fn flush(&mut self, staging: &Staging) -> std::result::Result<(), String> {
+        for f in self.dirty.drain() {
+            if let Some(h) = self.files.get(&f) {
+                h.sync_data().map_err(|e| format!("fsync: {e}"))?;
+            }
+        }
+        staging
+            .commit(&self.pending)
+            .map_err(|e| format!("commit progress: {e}"))?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.last_commit = Instant::now();
+        // Keep the number of open files bounded.
+        if self.files.len() > 256 {
+            self.files.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Verifies the assembled checkpoint and moves it to `out` (which must not
+/// exist). Returns the verification report on mismatch.
+pub fn promote(staging: &Staging, m: &Manifest, out: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for f in m.files() {
+        let p = statesync_manifest::path::join(&staging.state_dir(), &f.path);
+        let mode = std::fs::symlink_metadata(&p)?.permissions().mode() & 0o7777;
+        if (mode & 0o100 != 0) != f.executable {
+            let want = if f.executable {
+                mode | 0o111
+            } else {
+                mode & !0o111
+            };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want))?;
+        }
+    }
+    let rep = statesync_manifest::verify_dir(&staging.state_dir(), m, None)?;
+    if !rep.ok {
+        return Err(format!(
+            "assembled checkpoint does not verify: {} missing, {} extra, {} resized, {} corrupt chunks",
+            rep.missing.len(),
+            rep.extra.len(),
+            rep.size_mismatch.len(),
+            rep.corrupt.len()
+        )
+        .into());
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    std::fs::rename(staging.state_dir(), out)
+        .map_err(|e| format!("move checkpoint to {}: {e}", out.display()))?;
+    File::open(&parent)?.sync_all()?;
+    let manifest_out = manifest_path_for(out);
+    std::fs::write(&manifest_out, m.encode())?;
+    Ok(())
+}
+
+/// Where `fetch` leaves the manifest of a checkpoint written to `out`.
+pub fn manifest_path_for(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".manifest");
+    PathBuf::from(s)
+}
