@@ -117,6 +117,15 @@ enum Cmd {
         net: NetArgs,
         #[arg(long, hide = true)]
         crash_after_bytes: Option<u64>,
+        #[arg(long, hide = true)]
+        max_window_mib: Option<u64>,
+        #[arg(long, hide = true)]
+        commit_mib: Option<u64>,
+    },
+    /// Print this node's peer id (creating its identity if needed).
+    Id {
+        #[arg(long)]
+        data: PathBuf,
     },
 }
 
@@ -139,6 +148,9 @@ struct NetArgs {
     min_peers: usize,
     #[arg(long, default_value_t = 64)]
     max_peers: usize,
+    /// Write a JSON status (peers, connections, progress) here every 250 ms.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
 }
 
 impl NetArgs {
@@ -155,6 +167,7 @@ impl NetArgs {
             quiet,
             min_peers: self.min_peers,
             max_peers: self.max_peers,
+            status_file: self.status_file.clone(),
         })
     }
 }
@@ -700,6 +713,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Checkpoint(c) => return checkpoint(c, json, bars),
         Cmd::Bench(b) => return bench::run(b, json),
         Cmd::Demo(a) => return demo::run(a, json),
+        Cmd::Id { data } => {
+            let kp = statesync_net::load_or_create_identity(&data.join("identity.key"))?;
+            println!("{}", kp.public().to_peer_id());
+        }
         Cmd::Serve {
             store,
             net,
@@ -723,6 +740,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             seed_store,
             net,
             crash_after_bytes,
+            max_window_mib,
+            commit_mib,
         } => {
             let root = parse_root(&root)?;
             if out.exists() {
@@ -754,6 +773,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out,
                 seeds: seed_list,
                 crash_after_bytes,
+                max_window: max_window_mib.map(|m| m << 20),
+                commit_bytes: commit_mib.map(|m| m << 20),
             };
             let cfg = net.cfg(json, quiet)?;
             return runtime()?.block_on(p2p::run(cfg, None, Some(job), None));

@@ -40,6 +40,8 @@ pub struct NodeCfg {
     pub quiet: bool,
     pub min_peers: usize,
     pub max_peers: usize,
+    /// Write a JSON status here every tick (peers, connections, progress).
+    pub status_file: Option<PathBuf>,
 }
 
 /// A state sync to run.
@@ -51,6 +53,9 @@ pub struct FetchJob {
     /// Exit (as if killed) after this many chunk bytes were received: test
     /// hook for crash/resume tests, hidden from --help.
     pub crash_after_bytes: Option<u64>,
+    /// Scheduler and durability tunables (hidden flags; tests use small ones).
+    pub max_window: Option<u64>,
+    pub commit_bytes: Option<u64>,
 }
 
 /// Fault injection for the serving side (tests only, hidden from --help).
@@ -58,6 +63,8 @@ pub struct FetchJob {
 pub enum Fault {
     /// Accept data requests and never answer them.
     Silent,
+    /// Advertise and serve a forged manifest whose paths escape with `../`.
+    Traversal,
 }
 
 /// Final figures of a fetch, printed as the summary.
@@ -187,6 +194,16 @@ pub async fn run(
     }
     if let Some(s) = server.as_mut() {
         s.refresh(true);
+        if fault == Some(Fault::Traversal) {
+            let r = s
+                .enable_evil()
+                .ok_or("fault traversal needs a checkpoint to forge")?;
+            log(
+                &cfg,
+                format!("fault traversal: advertising forged root {r}"),
+            );
+            std::fs::write(cfg.data.join("forged-root"), r.to_hex())?;
+        }
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<LoopMsg>();
@@ -210,15 +227,21 @@ pub async fn run(
     if let Some(j) = &job {
         let st = Arc::new(Staging::open(&cfg.data, j.root)?);
         let seed = u64::from_le_bytes(local_id.to_bytes()[..8].try_into().unwrap_or([7; 8]));
+        let mut fcfg = FetchConfig::default();
+        if let Some(w) = j.max_window {
+            fcfg.max_window = w;
+            fcfg.initial_window = fcfg.initial_window.min(w);
+            fcfg.max_batch_bytes = fcfg.max_batch_bytes.min(w);
+        }
         let f = match st.saved_manifest() {
             Some(m) => {
                 log(
                     &cfg,
                     format!("resuming sync of {} (manifest already fetched)", j.root),
                 );
-                Fetch::with_manifest(j.root, seed, FetchConfig::default(), m)
+                Fetch::with_manifest(j.root, seed, fcfg, m)
             }
-            None => Fetch::new(j.root, seed, FetchConfig::default()),
+            None => Fetch::new(j.root, seed, fcfg),
         };
         fetch = Some(f);
         staging = Some(st);
@@ -241,6 +264,7 @@ pub async fn run(
     }
     let root = job.as_ref().map(|j| j.root);
     let crash_after = job.as_ref().and_then(|j| j.crash_after_bytes);
+    let commit_bytes = job.as_ref().and_then(|j| j.commit_bytes);
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -304,6 +328,9 @@ pub async fn run(
                         let tx3 = tx.clone();
                         std::thread::spawn(move || {
                             let mut w = Writer::new(&st);
+                            if let Some(c) = commit_bytes {
+                                w.commit_bytes = c;
+                            }
                             while let Ok(job) = wrx.recv() {
                                 match job {
                                     WriteJob::Chunks { id, chunks } => {
@@ -497,8 +524,10 @@ pub async fn run(
                                                         None => f.handle_failure(id, Failure::Malformed("chunks before the manifest".into()), now),
                                                     }
                                                     if crash_after.is_some_and(|c| received >= c) {
-                                                        // Test hook: die like SIGKILL would, mid-transfer.
-                                                        std::process::exit(137);
+                                                        // Test hook: die by SIGKILL at a known point.
+                                                        eprintln!("crash hook: SIGKILL after {received} bytes received");
+                                                        // SAFETY: sends a signal to this process.
+                                                        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
                                                     }
                                                 }
                                                 Response::Busy { retry_after_ms } => f.handle_failure(id, Failure::Busy { retry_after: Duration::from_millis(u64::from(retry_after_ms)) }, now),
@@ -620,6 +649,25 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = Instant::now();
                 peers.tick(now);
+                if let Some(p) = &cfg.status_file {
+                    let conns: HashMap<String, usize> = connected
+                        .iter()
+                        .map(|c| (c.to_string(), swarm.behaviour().one_per_peer.connections(c)))
+                        .collect();
+                    let status = serde_json::json!({
+                        "peer_id": local_id.to_string(),
+                        "connections": conns,
+                        "duplicates_closed": swarm.behaviour().one_per_peer.duplicates_closed,
+                        "dials": peers.stats.dials,
+                        "discoveries": peers.stats.discoveries,
+                        "serve": server.as_ref().map(|s| s.stats.clone()),
+                        "fetch": fetch.as_ref().map(|f| f.progress().clone()),
+                    });
+                    let tmp = p.with_extension("tmp");
+                    if std::fs::write(&tmp, status.to_string()).is_ok() {
+                        let _ = std::fs::rename(&tmp, p);
+                    }
+                }
                 if let Some(s) = server.as_mut()
                     && s.refresh(false)
                 {

@@ -66,6 +66,20 @@ pub struct Server {
     pub stats: ServeStats,
     advert_seq: u64,
     advert_entries: Vec<AdvertEntry>,
+    /// Test fault: serve a forged manifest whose paths escape with `../`.
+    evil: Option<Arc<Evil>>,
+    evil_wanted: bool,
+}
+
+/// A forged manifest (test fault injection): every path prefixed with `../`,
+/// under a root recomputed over the forged file table, so that a fetcher
+/// given that root must reject it by its paths, not by its hashes.
+pub struct Evil {
+    pub root: Hash,
+    header: statesync_manifest::RootHeader,
+    files: Vec<statesync_manifest::FileEntry>,
+    tree: statesync_manifest::merkle::MerkleTree,
+    real: Arc<Served>,
 }
 
 /// Token-bucket units are KiB so that a second's worth fits in a u32.
@@ -88,6 +102,42 @@ impl Server {
             stats: ServeStats::default(),
             advert_seq: 0,
             advert_entries: Vec::new(),
+            evil: None,
+            evil_wanted: false,
+        }
+    }
+
+    /// Turns on the forged-manifest fault; returns its root once a
+    /// checkpoint is available.
+    pub fn enable_evil(&mut self) -> Option<Hash> {
+        self.evil_wanted = true;
+        self.refresh(true);
+        self.evil.as_ref().map(|e| e.root)
+    }
+
+    fn build_evil(real: Arc<Served>) -> Evil {
+        use statesync_manifest::format::file_leaf;
+        let files: Vec<_> = real
+            .manifest
+            .files()
+            .iter()
+            .map(|f| statesync_manifest::FileEntry {
+                path: format!("../escape-{}", f.path),
+                ..f.clone()
+            })
+            .collect();
+        let tree =
+            statesync_manifest::merkle::MerkleTree::new(files.iter().map(file_leaf).collect());
+        let header = statesync_manifest::RootHeader {
+            files_root: tree.root(),
+            ..*real.manifest.header()
+        };
+        Evil {
+            root: header.root(),
+            header,
+            files,
+            tree,
+            real,
         }
     }
 
@@ -126,6 +176,26 @@ impl Server {
         let changed =
             next.len() != self.served.len() || next.keys().any(|k| !self.served.contains_key(k));
         self.served = next;
+        if self.evil_wanted
+            && self.evil.is_none()
+            && let Some(real) = self.served.values().next().cloned()
+        {
+            self.evil = Some(Arc::new(Server::build_evil(real)));
+            self.advert_seq = statesync_manifest::stats::now_ns() as u64;
+            self.advert_entries = self
+                .evil
+                .iter()
+                .map(|e| AdvertEntry {
+                    height: e.real.height,
+                    root: e.root,
+                    bytes: e.real.manifest.total_size(),
+                })
+                .collect();
+            return true;
+        }
+        if self.evil.is_some() {
+            return false;
+        }
         if changed {
             self.advert_seq = statesync_manifest::stats::now_ns() as u64;
             let mut e: Vec<AdvertEntry> = self
@@ -166,6 +236,15 @@ impl Server {
                 });
             }
         };
+        if let Some(e) = &self.evil
+            && e.root == root
+        {
+            return Ok(Job {
+                served: e.real.clone(),
+                req: req.clone(),
+                evil: Some(e.clone()),
+            });
+        }
         if !self.served.contains_key(&root) {
             // A checkpoint promoted a moment ago: look again before saying no.
             self.refresh(true);
@@ -219,6 +298,7 @@ impl Server {
         Ok(Job {
             served,
             req: req.clone(),
+            evil: None,
         })
     }
 
@@ -244,11 +324,41 @@ impl Server {
 pub struct Job {
     served: Arc<Served>,
     req: Request,
+    evil: Option<Arc<Evil>>,
 }
 
 impl Job {
     pub fn run(self) -> Response {
         let m = &self.served.manifest;
+        if let Some(e) = &self.evil {
+            match &self.req {
+                Request::GetHeader { .. } => {
+                    return Response::Header {
+                        header: e.header.encode(),
+                    };
+                }
+                Request::GetFilePiece { index, .. } => {
+                    let n = e.files.len() as u64;
+                    let level = statesync_manifest::format::piece_level(
+                        n,
+                        statesync_manifest::format::FILE_PIECE_LEVEL,
+                    );
+                    let Some((lo, hi)) = statesync_manifest::format::piece_range(
+                        n,
+                        statesync_manifest::format::FILE_PIECE_LEVEL,
+                        *index,
+                    ) else {
+                        return Response::NotFound;
+                    };
+                    return Response::FilePiece {
+                        index: *index,
+                        entries: e.files[lo..hi].to_vec(),
+                        proof: e.tree.proof(level, *index).unwrap_or_default(),
+                    };
+                }
+                _ => {}
+            }
+        }
         match self.req {
             Request::GetHeader { .. } => Response::Header {
                 header: m.header().encode(),

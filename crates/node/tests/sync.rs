@@ -1,0 +1,735 @@
+//! State sync with real processes on 127.0.0.1, real libp2p connections,
+//! real files and a real redb database; crashes are SIGKILL.
+
+use serde_json::Value;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_statesync"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let out = bin()
+        .arg("--json")
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    let child = bin()
+        .args(args)
+        .stdout(Stdio::from(
+            File::create(log.with_extension("out")).unwrap(),
+        ))
+        .stderr(Stdio::from(File::create(log).unwrap()))
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `statesync serve` and returns it with its listen address.
+fn serve(dir: &Path, name: &str, store: &Path, extra: &[&str]) -> (Proc, String) {
+    let data = dir.join(name);
+    let addr = dir.join(format!("{name}.addr"));
+    let mut args = vec![
+        "serve",
+        "--store",
+        s(store),
+        "--data",
+        s(&data),
+        "--addr-file",
+        s(&addr),
+    ];
+    args.extend_from_slice(extra);
+    let p = spawn(&args, &dir.join(format!("{name}.log")));
+    wait_for("server address", Duration::from_secs(30), || addr.exists());
+    let a = std::fs::read_to_string(&addr).unwrap();
+    (p, a)
+}
+
+fn peer_id(addr: &str) -> String {
+    addr.rsplit('/').next().unwrap().to_string()
+}
+
+/// A store with one checkpoint of generated state; returns (store, root).
+fn make_store(dir: &Path, name: &str, files: u64, size: &str, seed: &str) -> (PathBuf, String) {
+    let state = dir.join(format!("{name}-src"));
+    let store = dir.join(name);
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&state),
+        "--files",
+        &files.to_string(),
+        "--size",
+        size,
+        "--seed",
+        seed,
+    ]);
+    let c = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "10",
+        "--from",
+        s(&state),
+    ]);
+    (store, c["checkpoint"]["root"].as_str().unwrap().to_string())
+}
+
+/// Runs `statesync fetch` to completion (or the deadline) and returns its
+/// output.
+fn fetch(dir: &Path, name: &str, root: &str, out: &Path, peers: &[&str], extra: &[&str]) -> Output {
+    let data = dir.join(name);
+    let mut args = vec![
+        "--json".to_string(),
+        "fetch".into(),
+        "--root".into(),
+        root.into(),
+        "--out".into(),
+        s(out).into(),
+        "--data".into(),
+        s(&data).into(),
+        "--status-file".into(),
+        s(&dir.join(format!("{name}.status"))).into(),
+    ];
+    for p in peers {
+        args.push("--peer".into());
+        args.push(p.to_string());
+    }
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let mut child = bin()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            File::create(dir.join(format!("{name}.log"))).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "fetch {name} did not finish: {}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn summary(o: &Output, dir: &Path, name: &str) -> Value {
+    assert!(
+        o.status.success(),
+        "fetch {name} failed ({}): {}",
+        o.status,
+        std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn verify(out: &Path, root: &str) {
+    let m = PathBuf::from(format!("{}.manifest", s(out)));
+    let v = ok_json(&["verify", s(out), "--manifest", s(&m), "--root", root]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn four_servers_one_fetcher_byte_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 300, "24MiB", "1");
+    let servers: Vec<(Proc, String)> = (0..4)
+        .map(|i| serve(d.path(), &format!("s{i}"), &store, &[]))
+        .collect();
+    let addrs: Vec<&str> = servers.iter().map(|(_, a)| a.as_str()).collect();
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &addrs, &[]);
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    // Byte-identical to the source, file by file.
+    let src = d.path().join("store-src");
+    let a = statesync_tree(&src);
+    let b = statesync_tree(&out);
+    assert_eq!(a, b);
+    let used = sum["bytes_per_peer"].as_object().unwrap().len();
+    assert!(used >= 2, "only {used} peer(s) used: {sum}");
+    assert!(sum["peers_banned"].as_array().unwrap().is_empty());
+    // Nothing left in the staging area.
+    assert!(!d.path().join("f/fetch").exists());
+}
+
+fn statesync_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                v.push((rel, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Flips the first byte of every 1 MiB chunk of every file under `dir`.
+fn corrupt_all(dir: &Path) {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    for (rel, data) in statesync_tree(dir) {
+        let p = dir.join(&rel);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        for off in (0..data.len()).step_by(1 << 20) {
+            f.write_all_at(&[data[off] ^ 0xff], off as u64).unwrap();
+        }
+    }
+}
+
+#[test]
+fn peer_serving_corrupted_chunks_is_banned_and_sync_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let (good, root) = make_store(d.path(), "good", 60, "16MiB", "2");
+    let (bad, root2) = make_store(d.path(), "bad", 60, "16MiB", "2");
+    assert_eq!(root, root2, "same data, same root");
+    corrupt_all(&bad.join("checkpoints/00000000000000000010/state"));
+    let (_b, bad_addr) = serve(d.path(), "bad-srv", &bad, &[]);
+    let (_g, good_addr) = serve(d.path(), "good-srv", &good, &[]);
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&bad_addr, &good_addr], &[]);
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    let banned = sum["peers_banned"].as_array().unwrap();
+    assert_eq!(banned.len(), 1, "{sum}");
+    assert!(
+        banned[0].as_str().unwrap().starts_with(&peer_id(&bad_addr)),
+        "{sum}"
+    );
+    assert!(sum["rejected_chunks"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn peer_that_never_answers_does_not_stall_the_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 40, "8MiB", "3");
+    let (_silent, silent_addr) = serve(d.path(), "silent", &store, &["--fault", "silent"]);
+    let (_good, good_addr) = serve(d.path(), "good", &store, &[]);
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&silent_addr, &good_addr], &[]);
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    assert!(sum["bytes_per_peer"].get(peer_id(&silent_addr)).is_none());
+}
+
+#[test]
+fn server_killed_mid_transfer_and_prune_mid_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 100, "32MiB", "4");
+    let (pruned_store, _) = make_store(d.path(), "pruned", 100, "32MiB", "4");
+    // Slow servers so that the transfer is still running when we act.
+    let slow = ["--peer-rate-mib", "4"];
+    let (mut killed, a1) = serve(d.path(), "s1", &store, &slow);
+    let (_s2, a2) = serve(d.path(), "s2", &store, &slow);
+    let (_s3, a3) = serve(d.path(), "s3", &pruned_store, &slow);
+    let out = d.path().join("out");
+    let status = d.path().join("f.status");
+    let dir = d.path().to_path_buf();
+    let (r, p1, p2, p3) = (root.clone(), a1.clone(), a2.clone(), a3.clone());
+    let o2 = out.clone();
+    let h = std::thread::spawn(move || fetch(&dir, "f", &r, &o2, &[&p1, &p2, &p3], &[]));
+    wait_for("transfer under way", Duration::from_secs(60), || {
+        std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["fetch"]["bytes_done"].as_u64())
+            .is_some_and(|b| b > 2 << 20)
+    });
+    // One server dies; another's checkpoint is pruned under it.
+    unsafe { libc::kill(killed.pid(), libc::SIGKILL) };
+    let _ = killed.child.wait();
+    let p = ok_json(&[
+        "checkpoint",
+        "prune",
+        "--store",
+        s(&pruned_store),
+        "--keep",
+        "0",
+    ]);
+    assert_eq!(p["removed"], serde_json::json!([10]));
+    let o = h.join().unwrap();
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    assert!(
+        sum["peers_banned"].as_array().unwrap().is_empty(),
+        "no one lied: {sum}"
+    );
+}
+
+fn status_of(p: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+}
+
+#[test]
+fn fetcher_killed_with_sigkill_resumes_without_refetching() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 120, "48MiB", "5");
+    let (_srv, addr) = serve(d.path(), "srv", &store, &["--peer-rate-mib", "12"]);
+    let out = d.path().join("out");
+    // First run: SIGKILL from outside once some progress is durable.
+    let status = d.path().join("f.status");
+    let fdata = d.path().join("f");
+    let args = [
+        "fetch",
+        "--root",
+        &root,
+        "--out",
+        s(&out),
+        "--data",
+        s(&fdata),
+        "--peer",
+        &addr,
+        "--status-file",
+        s(&status),
+        "--commit-mib",
+        "2",
+    ];
+    let p = spawn(&args, &d.path().join("f1.log"));
+    wait_for("progress", Duration::from_secs(60), || {
+        status_of(&status)
+            .and_then(|v| v["fetch"]["bytes_done"].as_u64())
+            .is_some_and(|b| b > 12 << 20)
+    });
+    unsafe { libc::kill(p.pid(), libc::SIGKILL) };
+    drop(p);
+    assert!(!out.exists(), "nothing promoted by a killed fetch");
+    // Second run resumes.
+    let o = fetch(d.path(), "f", &root, &out, &[&addr], &[]);
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    let resumed = sum["local"]["bytes_resumed"].as_u64().unwrap();
+    let fetched = sum["bytes_fetched"].as_u64().unwrap();
+    let total = sum["bytes"].as_u64().unwrap();
+    assert!(resumed > 4 << 20, "resumed only {resumed}: {sum}");
+    assert!(
+        fetched + resumed <= total,
+        "fetched {fetched} + resumed {resumed} > total {total}"
+    );
+}
+
+#[test]
+fn refetch_after_crash_is_bounded_by_what_was_in_flight() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 100, "48MiB", "6");
+    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
+    let out = d.path().join("out");
+    let crash_at: u64 = 24 << 20;
+    let window: u64 = 4 << 20;
+    let commit: u64 = 2 << 20;
+    let o = fetch(
+        d.path(),
+        "f",
+        &root,
+        &out,
+        &[&addr],
+        &[
+            "--crash-after-bytes",
+            &crash_at.to_string(),
+            "--max-window-mib",
+            "4",
+            "--commit-mib",
+            "2",
+        ],
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGKILL),
+        "crash hook did not fire"
+    );
+    let o = fetch(
+        d.path(),
+        "f",
+        &root,
+        &out,
+        &[&addr],
+        &["--max-window-mib", "4"],
+    );
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    let resumed = sum["local"]["bytes_resumed"].as_u64().unwrap();
+    // Received before the crash: at least crash_at, at most one more batch.
+    // Lost = received - resumed <= in-flight window + uncommitted batch + the
+    // response that crossed the line.
+    let lost = crash_at.saturating_sub(resumed);
+    assert!(
+        lost <= window + commit + window,
+        "lost {lost} bytes, resumed {resumed}: {sum}"
+    );
+}
+
+#[test]
+fn incremental_fetch_seeded_by_old_checkpoint_and_switching_roots() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("src");
+    let store = d.path().join("store");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&state),
+        "--files",
+        "80",
+        "--size",
+        "24MiB",
+        "--seed",
+        "7",
+    ]);
+    let c1 = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "1",
+        "--from",
+        s(&state),
+    ]);
+    let r1 = c1["checkpoint"]["root"].as_str().unwrap().to_string();
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&state),
+        "--in-place",
+        "--changed-pct",
+        "5",
+        "--seed",
+        "9",
+    ]);
+    let c2 = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "2",
+        "--from",
+        s(&state),
+    ]);
+    let r2 = c2["checkpoint"]["root"].as_str().unwrap().to_string();
+    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
+
+    // Switching roots: a sync of r1 dies half-way; the sync of r2 in the same
+    // data directory reuses what the first one fetched.
+    let partial = d.path().join("partial");
+    let o = fetch(
+        d.path(),
+        "f",
+        &r1,
+        &partial,
+        &[&addr],
+        &[
+            "--crash-after-bytes",
+            &(12u64 << 20).to_string(),
+            "--commit-mib",
+            "1",
+            "--max-window-mib",
+            "2",
+        ],
+    );
+    assert!(!o.status.success());
+    let out2 = d.path().join("out2");
+    let o = fetch(d.path(), "f", &r2, &out2, &[&addr], &[]);
+    let sum = summary(&o, d.path(), "f");
+    verify(&out2, &r2);
+    let copied = sum["local"]["bytes_copied"].as_u64().unwrap();
+    // 12 MiB were received; at most the window (2), the uncommitted batch
+    // (1), the crossing response (2) and the changed chunks may be lost.
+    assert!(copied >= 6 << 20, "switch kept only {copied} bytes: {sum}");
+
+    // Seeded: a node holding checkpoint r1 fetches only what changed for r2.
+    let out1 = d.path().join("out1");
+    summary(
+        &fetch(d.path(), "g", &r1, &out1, &[&addr], &[]),
+        d.path(),
+        "g",
+    );
+    let seed = format!("{}={}.manifest", s(&out1), s(&out1));
+    let out3 = d.path().join("out3");
+    let o = fetch(d.path(), "h", &r2, &out3, &[&addr], &["--seed", &seed]);
+    let sum = summary(&o, d.path(), "h");
+    verify(&out3, &r2);
+    let fetched = sum["bytes_fetched"].as_u64().unwrap();
+    let total = sum["bytes"].as_u64().unwrap();
+    assert!(
+        fetched * 4 < total,
+        "seeded fetch moved {fetched} of {total}: {sum}"
+    );
+}
+
+#[test]
+fn forged_manifest_with_traversal_paths_writes_nothing_outside() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, _) = make_store(d.path(), "store", 10, "1MiB", "8");
+    let (_evil, addr) = serve(d.path(), "evil", &store, &["--fault", "traversal"]);
+    let forged = std::fs::read_to_string(d.path().join("evil/forged-root")).unwrap();
+    let work = d.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = work.join("out");
+    let status = d.path().join("f.status");
+    let wdata = work.join("data");
+    let args = [
+        "fetch",
+        "--root",
+        &forged,
+        "--out",
+        s(&out),
+        "--data",
+        s(&wdata),
+        "--peer",
+        &addr,
+        "--status-file",
+        s(&status),
+    ];
+    let mut p = spawn(&args, &d.path().join("f.log"));
+    wait_for("the forger to be banned", Duration::from_secs(60), || {
+        p.log().contains("banned")
+    });
+    assert!(p.log().contains(".."), "{}", p.log());
+    // SIGTERM stops it cleanly.
+    unsafe { libc::kill(p.pid(), libc::SIGTERM) };
+    let st = p.child.wait().unwrap();
+    assert_eq!(st.code(), Some(143));
+    // Nothing escaped: no file anywhere named escape-*, and no output.
+    let mut stack = vec![d.path().to_path_buf()];
+    while let Some(x) = stack.pop() {
+        for e in std::fs::read_dir(&x).unwrap().flatten() {
+            assert!(
+                !e.file_name().to_string_lossy().starts_with("escape-"),
+                "{:?}",
+                e.path()
+            );
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert!(!out.exists());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn peer_of(data: &Path) -> String {
+    let o = bin().args(["id", "--data", s(data)]).output().unwrap();
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn two_nodes_dialing_each_other_at_once_keep_one_connection() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, _) = make_store(d.path(), "store", 4, "64KiB", "9");
+    let (da, db) = (d.path().join("a"), d.path().join("b"));
+    let (ia, ib) = (peer_of(&da), peer_of(&db));
+    for round in 0..3 {
+        let (pa, pb) = (free_port(), free_port());
+        let aa = format!("/ip4/127.0.0.1/tcp/{pa}/p2p/{ia}");
+        let ab = format!("/ip4/127.0.0.1/tcp/{pb}/p2p/{ib}");
+        let (sa, sb) = (
+            d.path().join(format!("a{round}.status")),
+            d.path().join(format!("b{round}.status")),
+        );
+        let la = format!("/ip4/127.0.0.1/tcp/{pa}");
+        let lb = format!("/ip4/127.0.0.1/tcp/{pb}");
+        let a = spawn(
+            &[
+                "serve",
+                "--store",
+                s(&store),
+                "--data",
+                s(&da),
+                "--listen",
+                &la,
+                "--peer",
+                &ab,
+                "--status-file",
+                s(&sa),
+            ],
+            &d.path().join(format!("a{round}.log")),
+        );
+        let b = spawn(
+            &[
+                "serve",
+                "--store",
+                s(&store),
+                "--data",
+                s(&db),
+                "--listen",
+                &lb,
+                "--peer",
+                &aa,
+                "--status-file",
+                s(&sb),
+            ],
+            &d.path().join(format!("b{round}.log")),
+        );
+        let conns = |p: &Path, other: &str| {
+            status_of(p)
+                .and_then(|v| v["connections"][other].as_u64())
+                .unwrap_or(0)
+        };
+        wait_for("both connected", Duration::from_secs(30), || {
+            conns(&sa, &ib) >= 1 && conns(&sb, &ia) >= 1
+        });
+        // Let duplicates settle, then require exactly one on both sides,
+        // stable over a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        for _ in 0..4 {
+            assert_eq!(conns(&sa, &ib), 1, "a: {}", a.log());
+            assert_eq!(conns(&sb, &ia), 1, "b: {}", b.log());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        drop(a);
+        drop(b);
+    }
+}
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 (1-based) of the whole line.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// The Harmony incident: a node whose peers are unreachable must not dial or
+/// discover in a storm. Dials back off exponentially and CPU stays near idle.
+#[test]
+fn unreachable_peers_cause_no_dial_storm_and_no_busy_loop() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, _) = make_store(d.path(), "store", 4, "64KiB", "10");
+    let ghost_data = d.path().join("ghost");
+    let ghost = peer_of(&ghost_data);
+    let dead = format!("/ip4/127.0.0.1/tcp/{}/p2p/{ghost}", free_port());
+    let status = d.path().join("n.status");
+    let p = spawn(
+        &[
+            "serve",
+            "--store",
+            s(&store),
+            "--data",
+            s(&d.path().join("n")),
+            "--peer",
+            &dead,
+            "--status-file",
+            s(&status),
+        ],
+        &d.path().join("n.log"),
+    );
+    wait_for("status", Duration::from_secs(30), || {
+        status_of(&status).is_some()
+    });
+    let t0 = cpu_ticks(p.pid());
+    std::thread::sleep(Duration::from_secs(6));
+    let used = cpu_ticks(p.pid()) - t0;
+    let v = status_of(&status).unwrap();
+    let dials = v["dials"].as_u64().unwrap();
+    // Backoff 1, 2, 4 s...: a handful of dials in ~7 s, never hundreds.
+    assert!(dials <= 6, "{dials} dials: {v}");
+    // Well under 10% of one core over 6 s (100 ticks per second).
+    assert!(used < 60, "{used} CPU ticks in 6 s");
+}
+
+#[test]
+fn fetch_over_quic() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 30, "4MiB", "11");
+    let (_srv, addr) = serve(
+        d.path(),
+        "srv",
+        &store,
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+    );
+    assert!(addr.contains("quic-v1"), "{addr}");
+    let out = d.path().join("out");
+    let o = fetch(
+        d.path(),
+        "f",
+        &root,
+        &out,
+        &[&addr],
+        &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+    );
+    summary(&o, d.path(), "f");
+    verify(&out, &root);
+}
