@@ -27,4 +27,4 @@ pub use diff::{ChunkAction, LocalSource, Plan, PlanTotals, plan};
 pub use format::{ChunkEntry, FileEntry, Manifest, ManifestError, RootHeader};
 pub use hash::Hash;
 pub use stats::{FileStat, StatCache};
-pub use verify::{VerifyReport, verify_dir};
+pub use verify::{VerifyReport, verify_dir, verify_dir_filtered};

@@ -44,6 +44,20 @@ pub fn verify_dir(
     manifest: &Manifest,
     progress: Option<&Progress>,
 ) -> Result<VerifyReport, BuildError> {
+    verify_dir_filtered(dir, manifest, progress, &|_| true)
+}
+
+/// Like [`verify_dir`], but hashes only the chunks (by index in the chunk
+/// table) for which `check` is true; the file list, sizes and modes are
+/// always checked. Used after a sync to skip chunks whose provenance is
+/// already trusted (kept in place or hard-linked from an immutable local
+/// checkpoint), apart from a sample.
+pub fn verify_dir_filtered(
+    dir: &Path,
+    manifest: &Manifest,
+    progress: Option<&Progress>,
+    check: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<VerifyReport, BuildError> {
     let scanned = scan(dir)?;
     let mut rep = VerifyReport::default();
     let mut to_hash: Vec<(usize, &ScannedFile)> = Vec::new();
@@ -83,7 +97,13 @@ pub fn verify_dir(
         .par_iter()
         .map(|&(fi, s)| {
             let chunks = manifest.file_chunks(fi);
-            let which: Vec<u64> = (0..chunks.len() as u64).collect();
+            let first = manifest.first_chunk(fi);
+            let which: Vec<u64> = (0..chunks.len() as u64)
+                .filter(|k| check(first + k))
+                .collect();
+            if which.is_empty() {
+                return Ok(Vec::new());
+            }
             let got = hash_chunks(s, cs, &which, progress, &|_| {})?;
             Ok(got
                 .into_iter()

@@ -117,6 +117,15 @@ enum Cmd {
         net: NetArgs,
         #[arg(long, hide = true)]
         crash_after_bytes: Option<u64>,
+        /// Consume this stale local checkpoint (DIR or DIR=MANIFEST) and update
+        /// it in place: cost follows the changed bytes. DIR is moved into the
+        /// data directory (same filesystem) and is gone afterwards.
+        #[arg(long)]
+        in_place: Option<String>,
+        /// Rehash every chunk before promotion, including those kept in place
+        /// or hard-linked from local checkpoints (default: a 1/64 sample).
+        #[arg(long)]
+        full_verify: bool,
         #[arg(long, hide = true)]
         max_window_mib: Option<u64>,
         #[arg(long, hide = true)]
@@ -742,6 +751,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crash_after_bytes,
             max_window_mib,
             commit_mib,
+            in_place,
+            full_verify,
         } => {
             let root = parse_root(&root)?;
             if out.exists() {
@@ -751,17 +762,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .into());
             }
-            let mut seed_list = Vec::new();
-            for s in &seeds {
-                let (dir, man) = match s.split_once('=') {
+            let dir_and_manifest = |s: &str| -> Result<(PathBuf, Manifest)> {
+                Ok(match s.split_once('=') {
                     Some((d, m)) => (PathBuf::from(d), read_manifest(Path::new(m))?),
                     None => (
                         PathBuf::from(s),
                         statesync_manifest::build(Path::new(s), &BuildOptions::default())?.manifest,
                     ),
-                };
-                seed_list.push((dir, man));
+                })
+            };
+            let mut seed_list = Vec::new();
+            for s in &seeds {
+                seed_list.push(dir_and_manifest(s)?);
             }
+            let in_place = match &in_place {
+                // Already consumed by an interrupted run: the staging area has it.
+                Some(s) if !Path::new(s.split_once('=').map_or(s.as_str(), |x| x.0)).exists() => {
+                    let saved = session::staging_dir(&net.data, &root).join("in-place-manifest");
+                    Some((
+                        PathBuf::from(s.split_once('=').map_or(s.as_str(), |x| x.0)),
+                        read_manifest(&saved)?,
+                    ))
+                }
+                Some(s) => Some(dir_and_manifest(s)?),
+                None => None,
+            };
             if let Some(sp) = &seed_store {
                 let (st, _) = Store::open(sp)?;
                 for c in st.list()? {
@@ -775,6 +800,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 crash_after_bytes,
                 max_window: max_window_mib.map(|m| m << 20),
                 commit_bytes: commit_mib.map(|m| m << 20),
+                in_place,
+                full_verify,
             };
             let cfg = net.cfg(json, quiet)?;
             return runtime()?.block_on(p2p::run(cfg, None, Some(job), None));

@@ -56,6 +56,11 @@ pub struct FetchJob {
     /// Scheduler and durability tunables (hidden flags; tests use small ones).
     pub max_window: Option<u64>,
     pub commit_bytes: Option<u64>,
+    /// A stale local checkpoint (directory and manifest) to consume and
+    /// update in place.
+    pub in_place: Option<(PathBuf, Manifest)>,
+    /// Rehash every chunk at the end, also those kept or linked.
+    pub full_verify: bool,
 }
 
 /// Fault injection for the serving side (tests only, hidden from --help).
@@ -226,6 +231,13 @@ pub async fn run(
     let mut seed_dirs: Vec<(PathBuf, Manifest)> = Vec::new();
     if let Some(j) = &job {
         let st = Arc::new(Staging::open(&cfg.data, j.root)?);
+        if let Some((dir, old)) = &j.in_place {
+            st.consume_in_place(dir, old)?;
+            log(
+                &cfg,
+                format!("in place: consumed {} as the starting point", dir.display()),
+            );
+        }
         let seed = u64::from_le_bytes(local_id.to_bytes()[..8].try_into().unwrap_or([7; 8]));
         let mut fcfg = FetchConfig::default();
         if let Some(w) = j.max_window {
@@ -317,7 +329,9 @@ pub async fn run(
                                 });
                             }
                             let plan = statesync_manifest::plan(&m, &sources);
-                            let r = session::execute_local(&st, &m, &plan, &sources);
+                            let inplace = st.in_place_manifest();
+                            let r =
+                                session::execute_local(&st, &m, &plan, &sources, inplace.as_ref());
                             let _ = tx2.send(LoopMsg::Planned(r));
                         });
                         // Start the writer for fetched chunks.
@@ -596,10 +610,11 @@ pub async fn run(
                                 return Err("sync finished without a manifest".into());
                             };
                             let out = j.out.clone();
+                            let full_verify = j.full_verify;
                             let tx2 = tx.clone();
                             log(&cfg, "all chunks in; verifying the whole checkpoint");
                             tokio::task::spawn_blocking(move || {
-                                let _ = tx2.send(LoopMsg::Promoted(session::promote(&st, &m, &out)));
+                                let _ = tx2.send(LoopMsg::Promoted(session::promote(&st, &m, &out, full_verify)));
                             });
                         }
                     }
@@ -627,7 +642,7 @@ pub async fn run(
                                 "synced {} into {}: {} files, {}; fetched {} from {} peers, reused {} locally; {:.1}s ({})",
                                 summary.root, summary.out.display(), summary.files, ui::bytes(summary.bytes),
                                 ui::bytes(summary.bytes_fetched), summary.peers_used,
-                                ui::bytes(summary.local.bytes_linked + summary.local.bytes_copied + summary.local.bytes_zero + summary.local.bytes_resumed),
+                                ui::bytes(summary.local.bytes_linked + summary.local.bytes_copied + summary.local.bytes_zero + summary.local.bytes_resumed + summary.local.bytes_kept),
                                 summary.seconds, ui::rate(summary.bytes_fetched, summary.seconds)
                             );
                             for b in &summary.peers_banned {

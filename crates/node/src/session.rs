@@ -25,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
+/// Done chunks whose bytes were not written by this sync but kept in place
+/// from a consumed stale checkpoint or hard-linked from an immutable one.
+const TRUSTED: TableDefinition<u64, ()> = TableDefinition::new("trusted");
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, Error>;
@@ -48,6 +51,7 @@ impl Staging {
             .map_err(|e| format!("open progress database in {}: {e}", dir.display()))?;
         let tx = db.begin_write()?;
         tx.open_table(DONE)?;
+        tx.open_table(TRUSTED)?;
         tx.commit()?;
         Ok(Staging { dir, root, db })
     }
@@ -87,18 +91,76 @@ impl Staging {
 
     /// Commits chunk indices whose bytes are already durable.
     pub fn commit(&self, indices: &[u64]) -> Result<()> {
-        if indices.is_empty() {
+        self.commit_with(indices, &[])
+    }
+
+    /// Commits done chunks, some of them trusted (see [`TRUSTED`]).
+    pub fn commit_with(&self, indices: &[u64], trusted: &[u64]) -> Result<()> {
+        if indices.is_empty() && trusted.is_empty() {
             return Ok(());
         }
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(DONE)?;
-            for &i in indices {
+            for &i in indices.iter().chain(trusted) {
+                t.insert(i, ())?;
+            }
+            let mut t = tx.open_table(TRUSTED)?;
+            for &i in trusted {
                 t.insert(i, ())?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    pub fn trusted(&self) -> Result<HashSet<u64>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TRUSTED)?;
+        let mut out = HashSet::new();
+        for r in t.iter()? {
+            out.insert(r?.0.value());
+        }
+        Ok(out)
+    }
+
+    /// Consumes a stale local checkpoint for an in-place sync: its directory
+    /// becomes the staging state (a rename, same filesystem) and its manifest
+    /// is kept beside it. Idempotent across restarts.
+    pub fn consume_in_place(&self, dir: &Path, old: &Manifest) -> Result<()> {
+        let saved = self.dir.join("in-place-manifest");
+        if !saved.exists() {
+            let tmp = self.dir.join("in-place-manifest.tmp");
+            std::fs::write(&tmp, old.encode())?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &saved)?;
+        }
+        if dir.exists() {
+            let state = self.state_dir();
+            // Only an empty staging state can be replaced.
+            std::fs::remove_dir(&state).map_err(|e| {
+                format!(
+                    "staging {} is not empty, cannot consume {}: {e}",
+                    state.display(),
+                    dir.display()
+                )
+            })?;
+            std::fs::rename(dir, &state).map_err(|e| {
+                format!(
+                    "move {} into {} (in-place needs both on one filesystem): {e}",
+                    dir.display(),
+                    state.display()
+                )
+            })?;
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// The consumed checkpoint's manifest, if this is an in-place sync.
+    pub fn in_place_manifest(&self) -> Option<Manifest> {
+        let bytes = std::fs::read(self.dir.join("in-place-manifest")).ok()?;
+        Manifest::decode(&bytes).ok()
     }
 }
 
@@ -153,6 +215,9 @@ pub struct LocalReport {
     pub bytes_resumed: u64,
     /// Copy sources whose bytes did not match (they are fetched instead).
     pub copy_mismatches: u64,
+    /// Chunks already right in a consumed stale checkpoint (in-place mode).
+    pub chunks_kept: u64,
+    pub bytes_kept: u64,
 }
 
 /// Creates the target files (sparse, at their final size), hard-links
@@ -163,10 +228,20 @@ pub fn execute_local(
     m: &Manifest,
     plan: &Plan,
     sources: &[LocalSource<'_>],
+    in_place: Option<&Manifest>,
 ) -> Result<(Vec<u64>, LocalReport)> {
     let state = staging.state_dir();
     let done = staging.done()?;
     let mut rep = LocalReport::default();
+    let mut trusted = Vec::new();
+    if in_place.is_some() {
+        // Files of the consumed checkpoint that the target does not have.
+        for f in statesync_manifest::build::scan(&state)? {
+            if m.find(&f.path).is_none() {
+                std::fs::remove_file(&f.abs)?;
+            }
+        }
+    }
     let linked: HashMap<u32, (u32, u32)> = plan
         .links
         .iter()
@@ -203,6 +278,43 @@ pub fn execute_local(
             newly_done.extend(first..first + count);
             continue;
         }
+        // The consumed checkpoint's chunks of this path, as they were.
+        let old_chunks = in_place.and_then(|om| om.find(&f.path).map(|oi| om.file_chunks(oi)));
+        let old_len = std::fs::symlink_metadata(&dst)
+            .map(|md| md.len())
+            .unwrap_or(0);
+        let keeps = |k: usize, c: &statesync_manifest::ChunkEntry| {
+            old_chunks.and_then(|o| o.get(k)).is_some_and(|oc| {
+                oc.hash == c.hash && oc.len == c.len && old_len >= c.offset + u64::from(c.len)
+            })
+        };
+        let exec_ok = std::fs::symlink_metadata(&dst).is_ok_and(|md| {
+            use std::os::unix::fs::PermissionsExt;
+            (md.permissions().mode() & 0o100 != 0) == f.executable
+        });
+        let all_kept = old_len == f.size
+            && exec_ok
+            && m.file_chunks(fi)
+                .iter()
+                .enumerate()
+                .all(|(k, c)| keeps(k, c) || done.contains(&(first + k as u64)));
+        if all_kept {
+            for (k, c) in m.file_chunks(fi).iter().enumerate() {
+                let idx = first + k as u64;
+                if done.contains(&idx) {
+                    rep.chunks_resumed += 1;
+                    rep.bytes_resumed += u64::from(c.len);
+                } else {
+                    rep.chunks_kept += 1;
+                    rep.bytes_kept += u64::from(c.len);
+                    trusted.push(idx);
+                }
+            }
+            continue;
+        }
+        if in_place.is_some() {
+            make_private_writable(&dst)?;
+        }
         let file = open_target(&dst).map_err(|e| format!("create {}: {e}", dst.display()))?;
         let len = file.metadata()?.len();
         if len != f.size {
@@ -215,6 +327,12 @@ pub fn execute_local(
             if done.contains(&idx) {
                 rep.chunks_resumed += 1;
                 rep.bytes_resumed += u64::from(c.len);
+                continue;
+            }
+            if keeps(k, c) {
+                rep.chunks_kept += 1;
+                rep.bytes_kept += u64::from(c.len);
+                trusted.push(idx);
                 continue;
             }
             match plan.chunks[idx as usize] {
@@ -263,7 +381,7 @@ pub fn execute_local(
         }
     }
     sync_dirs(&state)?;
-    staging.commit(&newly_done)?;
+    staging.commit_with(&newly_done, &trusted)?;
     Ok((need, rep))
 }
 
@@ -378,7 +496,10 @@ impl Writer {
 
 /// Verifies the assembled checkpoint and moves it to `out` (which must not
 /// exist). Returns the verification report on mismatch.
-pub fn promote(staging: &Staging, m: &Manifest, out: &Path) -> Result<()> {
+/// Fraction of trusted (kept or linked) chunks rehashed at the end of a sync.
+pub const TRUSTED_SAMPLE_RATE: f64 = 1.0 / 64.0;
+
+pub fn promote(staging: &Staging, m: &Manifest, out: &Path, full_verify: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for f in m.files() {
         let p = statesync_manifest::path::join(&staging.state_dir(), &f.path);
@@ -392,7 +513,19 @@ pub fn promote(staging: &Staging, m: &Manifest, out: &Path) -> Result<()> {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want))?;
         }
     }
-    let rep = statesync_manifest::verify_dir(&staging.state_dir(), m, None)?;
+    // Every chunk written by this sync was verified when written; verify them
+    // again from disk, and trusted chunks by sample (or all with full_verify).
+    let trusted = if full_verify {
+        HashSet::new()
+    } else {
+        staging.trusted()?
+    };
+    let threshold = (TRUSTED_SAMPLE_RATE * u64::MAX as f64) as u64;
+    let seed = u64::from_le_bytes(staging.root.0[..8].try_into().unwrap_or([0; 8]));
+    let check = |i: u64| {
+        !trusted.contains(&i) || statesync_manifest::build::sample_selected(seed, i, threshold)
+    };
+    let rep = statesync_manifest::verify_dir_filtered(&staging.state_dir(), m, None, &check)?;
     if !rep.ok {
         return Err(format!(
             "assembled checkpoint does not verify: {} missing, {} extra, {} resized, {} corrupt chunks",
@@ -413,6 +546,29 @@ pub fn promote(staging: &Staging, m: &Manifest, out: &Path) -> Result<()> {
     File::open(&parent)?.sync_all()?;
     let manifest_out = manifest_path_for(out);
     std::fs::write(&manifest_out, m.encode())?;
+    Ok(())
+}
+
+/// Makes a file of a consumed checkpoint safe to modify: a hard link shared
+/// with another checkpoint is replaced by a private copy first (writing
+/// through it would change that checkpoint too), and it is made writable.
+fn make_private_writable(p: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return Ok(());
+    };
+    if !md.is_file() {
+        return Ok(());
+    }
+    if md.nlink() > 1 {
+        let tmp = p.with_extension("statesync-private");
+        std::fs::copy(p, &tmp)?;
+        std::fs::rename(&tmp, p)?;
+    }
+    let mode = md.permissions().mode() & 0o7777;
+    if mode & 0o200 == 0 {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | 0o200))?;
+    }
     Ok(())
 }
 

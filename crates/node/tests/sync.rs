@@ -733,3 +733,107 @@ fn fetch_over_quic() {
     summary(&o, d.path(), "f");
     verify(&out, &root);
 }
+
+#[test]
+fn in_place_sync_consumes_a_stale_checkpoint_and_survives_sigkill() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("src");
+    let store = d.path().join("store");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&state),
+        "--files",
+        "60",
+        "--size",
+        "32MiB",
+        "--seed",
+        "12",
+    ]);
+    let c1 = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "1",
+        "--from",
+        s(&state),
+    ]);
+    let r1 = c1["checkpoint"]["root"].as_str().unwrap().to_string();
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&state),
+        "--in-place",
+        "--changed-pct",
+        "10",
+        "--appended-pct",
+        "5",
+        "--deleted-pct",
+        "5",
+        "--added-pct",
+        "5",
+        "--seed",
+        "13",
+    ]);
+    let c2 = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "2",
+        "--from",
+        s(&state),
+    ]);
+    let r2 = c2["checkpoint"]["root"].as_str().unwrap().to_string();
+    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
+    let stale = d.path().join("stale");
+    summary(
+        &fetch(d.path(), "a", &r1, &stale, &[&addr], &[]),
+        d.path(),
+        "a",
+    );
+    let arg = format!("{}={}.manifest", s(&stale), s(&stale));
+    let out = d.path().join("out");
+    // Killed half-way through the in-place update...
+    let o = fetch(
+        d.path(),
+        "b",
+        &r2,
+        &out,
+        &[&addr],
+        &[
+            "--in-place",
+            &arg,
+            "--crash-after-bytes",
+            &(1u64 << 20).to_string(),
+            "--commit-mib",
+            "1",
+            "--max-window-mib",
+            "1",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(!stale.exists(), "the stale checkpoint was consumed");
+    // ...and resumed with the same command line.
+    let o = fetch(d.path(), "b", &r2, &out, &[&addr], &["--in-place", &arg]);
+    let sum = summary(&o, d.path(), "b");
+    verify(&out, &r2);
+    // Chunks kept in place by the first run are "resumed" in the second.
+    let kept = sum["local"]["bytes_kept"].as_u64().unwrap()
+        + sum["local"]["bytes_resumed"].as_u64().unwrap();
+    let fetched = sum["bytes_fetched"].as_u64().unwrap();
+    let total = sum["bytes"].as_u64().unwrap();
+    assert!(kept > total / 2, "kept only {kept} of {total}: {sum}");
+    assert!(fetched < total / 2, "fetched {fetched} of {total}: {sum}");
+    // Full verification agrees.
+    let m = PathBuf::from(format!("{}.manifest", s(&out)));
+    assert_eq!(
+        ok_json(&["verify", s(&out), "--manifest", s(&m)])["ok"],
+        true
+    );
+}
