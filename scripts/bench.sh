@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Benchmarks against the reference tools on the same generated data.
-# Installs what it compares against (Debian packages), then runs
-# `statesync bench manifest`. Extra arguments go to the bench command, e.g.
-#   scripts/bench.sh --size 2GiB --rounds 5
+# Installs what it compares against (Debian packages: b3sum, rsync), then runs
+# `statesync bench manifest` (default) or `statesync bench sync`:
+#   scripts/bench.sh [manifest] --size 2GiB --rounds 5
+#   scripts/bench.sh sync --size 2GiB --rounds 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v b3sum >/dev/null 2>&1 || need+=(b3sum)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need[@]}"
 fi
 cargo build --release -q
-exec ./target/release/statesync bench manifest "$@"
+what=manifest
+case "${1:-}" in manifest|sync) what=$1; shift;; esac
+exec ./target/release/statesync bench "$what" "$@"

@@ -32,6 +32,20 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1.0)]
         changed_pct: f64,
     },
+    /// State sync (1 and 4 serving processes) vs an rsync daemon: full, and
+    /// incremental from an old checkpoint.
+    Sync {
+        #[arg(long, default_value = "bench-data-sync")]
+        dir: PathBuf,
+        #[arg(long, default_value = "2GiB", value_parser = synth::parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 600)]
+        files: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5.0)]
+        changed_pct: f64,
+    },
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -120,6 +134,22 @@ pub fn run(cmd: BenchCmd, json: bool) -> Result<ExitCode> {
             rounds,
             changed_pct,
         } => manifest_bench(&dir, size, files, rounds, changed_pct, json),
+        BenchCmd::Sync {
+            dir,
+            size,
+            files,
+            rounds,
+            changed_pct,
+        } => crate::bench_sync::run(
+            crate::bench_sync::Args {
+                dir,
+                size,
+                files,
+                rounds,
+                changed_pct,
+            },
+            json,
+        ),
     }
 }
 

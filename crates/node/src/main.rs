@@ -1,6 +1,7 @@
 //! `statesync`: the command-line interface.
 
 mod bench;
+mod bench_sync;
 mod demo;
 mod p2p;
 mod serve;

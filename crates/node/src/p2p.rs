@@ -341,7 +341,7 @@ pub async fn run(
                         let m = manifest.clone().ok_or("no manifest")?;
                         let tx3 = tx.clone();
                         std::thread::spawn(move || {
-                            let mut w = Writer::new(&st);
+                            let mut w = Writer::new(st.clone());
                             if let Some(c) = commit_bytes {
                                 w.commit_bytes = c;
                             }
@@ -350,7 +350,7 @@ pub async fn run(
                                     WriteJob::Chunks { id, chunks } => {
                                         let bytes =
                                             chunks.iter().map(|(_, d)| d.len() as u64).sum();
-                                        match w.write(&st, &m, chunks) {
+                                        match w.write(&m, chunks) {
                                             Ok(results) => {
                                                 let _ = tx3.send(LoopMsg::Written {
                                                     id,
@@ -365,7 +365,7 @@ pub async fn run(
                                         }
                                     }
                                     WriteJob::Flush => {
-                                        let _ = tx3.send(LoopMsg::Flushed(w.flush(&st)));
+                                        let _ = tx3.send(LoopMsg::Flushed(w.flush()));
                                     }
                                 }
                             }
@@ -533,9 +533,14 @@ pub async fn run(
                                                 Response::Chunks { chunks } => {
                                                     received += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
                                                     *summary.bytes_per_peer.entry(peer.to_string()).or_default() += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-                                                    match &writer_tx {
-                                                        Some(w) => { let _ = w.send(WriteJob::Chunks { id, chunks }); }
-                                                        None => f.handle_failure(id, Failure::Malformed("chunks before the manifest".into()), now),
+                                                    if finishing {
+                                                        // A late endgame duplicate: everything is in and
+                                                        // being verified; nothing may touch the files now.
+                                                    } else {
+                                                        match &writer_tx {
+                                                            Some(w) => { let _ = w.send(WriteJob::Chunks { id, chunks }); }
+                                                            None => f.handle_failure(id, Failure::Malformed("chunks before the manifest".into()), now),
+                                                        }
                                                     }
                                                     if crash_after.is_some_and(|c| received >= c) {
                                                         // Test hook: die by SIGKILL at a known point.
@@ -727,6 +732,9 @@ pub async fn run(
             }
             _ = sigterm.recv() => {
                 log(&cfg, "SIGTERM: saving progress and stopping");
+                if let Some(s) = server.as_mut() {
+                    s.release_leases(true);
+                }
                 if let Some(w) = &writer_tx {
                     let _ = w.send(WriteJob::Flush);
                     // Give the writer a moment to commit.
@@ -736,6 +744,9 @@ pub async fn run(
             }
             _ = tokio::signal::ctrl_c() => {
                 log(&cfg, "interrupted: saving progress and stopping");
+                if let Some(s) = server.as_mut() {
+                    s.release_leases(true);
+                }
                 if let Some(w) = &writer_tx {
                     let _ = w.send(WriteJob::Flush);
                 }

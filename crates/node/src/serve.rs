@@ -66,6 +66,9 @@ pub struct Server {
     pub stats: ServeStats,
     advert_seq: u64,
     advert_entries: Vec<AdvertEntry>,
+    /// Heights leased (pinned in the store) because peers are fetching them,
+    /// with the time of the last request.
+    leases: HashMap<u64, Instant>,
     /// Test fault: serve a forged manifest whose paths escape with `../`.
     evil: Option<Arc<Evil>>,
     evil_wanted: bool,
@@ -104,6 +107,43 @@ impl Server {
             advert_entries: Vec::new(),
             evil: None,
             evil_wanted: false,
+            leases: HashMap::new(),
+        }
+    }
+
+    /// How long a checkpoint stays pinned after its last request.
+    pub const LEASE_IDLE: Duration = Duration::from_secs(60);
+
+    /// Pins `height` while peers fetch it, so that retention (in this or any
+    /// other process) cannot delete it mid-transfer. The pin is a lease named
+    /// after this process: released after [`Server::LEASE_IDLE`] without
+    /// requests, on exit, and, after a crash, by the next `Store::open`.
+    fn lease(&mut self, height: u64) {
+        let now = Instant::now();
+        if self.leases.insert(height, now).is_none()
+            && let Some(st) = &self.store
+        {
+            let _ = st.pin(
+                height,
+                &statesync_store::lease_name("serving"),
+                "being served to peers",
+            );
+        }
+    }
+
+    /// Releases idle leases (or all, on shutdown).
+    pub fn release_leases(&mut self, all: bool) {
+        let idle: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, t)| all || t.elapsed() >= Self::LEASE_IDLE)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in idle {
+            self.leases.remove(&h);
+            if let Some(st) = &self.store {
+                let _ = st.unpin(h, &statesync_store::lease_name("serving"));
+            }
         }
     }
 
@@ -295,6 +335,7 @@ impl Server {
             });
         }
         *self.active.entry(peer).or_default() += 1;
+        self.lease(served.height);
         Ok(Job {
             served,
             req: req.clone(),

@@ -402,65 +402,134 @@ fn sync_dirs(root: &Path) -> Result<()> {
 /// Per-chunk verdicts for the scheduler.
 pub type ChunkResults = Vec<(u64, std::result::Result<(), String>)>;
 
-/// Verified chunk writes with batched durability, on its own thread.
+/// Verified chunk writes with batched durability.
+///
+/// Chunks of a response are verified in parallel (rayon), then written in
+/// place. Durability runs on a separate syncer thread so that the writer
+/// never waits for the disk: every `commit_bytes` or `commit_every`, the
+/// files touched and the chunk indices written are handed to the syncer,
+/// which `fdatasync`s those files and only then commits the indices to redb.
+/// At most [`SYNC_QUEUE`] batches wait for it (backpressure), so after a
+/// crash at most that many batches plus what was in flight are refetched.
 pub struct Writer {
     staging_state: PathBuf,
-    files: HashMap<u32, File>,
-    dirty: HashSet<u32>,
+    files: HashMap<u32, Arc<File>>,
+    dirty: HashMap<u32, Arc<File>>,
     pending: Vec<u64>,
     pending_bytes: u64,
     last_commit: Instant,
     /// Commit after this many bytes or this long, whichever first.
     pub commit_bytes: u64,
     pub commit_every: Duration,
+    syncer: Option<std::sync::mpsc::SyncSender<SyncJob>>,
+    syncer_handle: Option<std::thread::JoinHandle<()>>,
+    sync_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Batches waiting for the syncer at most.
+pub const SYNC_QUEUE: usize = 2;
+
+enum SyncJob {
+    Batch {
+        files: Vec<Arc<File>>,
+        indices: Vec<u64>,
+    },
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+use std::sync::Arc;
+
 impl Writer {
-    pub fn new(staging: &Staging) -> Writer {
+    pub fn new(staging: Arc<Staging>) -> Writer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SyncJob>(SYNC_QUEUE);
+        let err = Arc::new(std::sync::Mutex::new(None));
+        let err2 = err.clone();
+        let st = staging.clone();
+        let handle = std::thread::spawn(move || {
+            while let Ok(job) = rx.recv() {
+                match job {
+                    SyncJob::Batch { files, indices } => {
+                        let r = files
+                            .iter()
+                            .try_for_each(|f| f.sync_data())
+                            .map_err(|e| format!("fsync: {e}"))
+                            .and_then(|()| {
+                                st.commit(&indices)
+                                    .map_err(|e| format!("commit progress: {e}"))
+                            });
+                        if let Err(e) = r
+                            && let Ok(mut g) = err2.lock()
+                        {
+                            g.get_or_insert(e);
+                        }
+                    }
+                    SyncJob::Barrier(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
         Writer {
             staging_state: staging.state_dir(),
             files: HashMap::new(),
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             last_commit: Instant::now(),
             commit_bytes: 64 << 20,
             commit_every: Duration::from_millis(500),
+            syncer: Some(tx),
+            syncer_handle: Some(handle),
+            sync_error: err,
         }
     }
 
+    fn sync_failed(&self) -> Option<String> {
+        self.sync_error.lock().ok().and_then(|g| g.clone())
+    }
+
     /// Verifies and writes chunks; returns per-chunk results for the
-    /// scheduler. A local write failure is returned as `Err` (no peer is at
-    /// fault).
+    /// scheduler. A local failure is returned as `Err` (no peer is at fault).
     pub fn write(
         &mut self,
-        staging: &Staging,
         m: &Manifest,
         chunks: Vec<(u64, Vec<u8>)>,
     ) -> std::result::Result<ChunkResults, String> {
+        use rayon::prelude::*;
+        if let Some(e) = self.sync_failed() {
+            return Err(e);
+        }
+        let verdicts: Vec<std::result::Result<(), String>> = chunks
+            .par_iter()
+            .map(|(i, data)| match m.chunks().get(*i as usize) {
+                None => Err(format!("no chunk {i} in the manifest")),
+                Some(c) => statesync_manifest::format::verify_chunk_data(*i, c, data)
+                    .map_err(|e| e.to_string()),
+            })
+            .collect();
         let mut out = Vec::with_capacity(chunks.len());
-        for (i, data) in chunks {
-            let Some(c) = m.chunks().get(i as usize) else {
-                out.push((i, Err(format!("no chunk {i} in the manifest"))));
-                continue;
-            };
-            if let Err(e) = statesync_manifest::format::verify_chunk_data(i, c, &data) {
-                out.push((i, Err(e.to_string())));
+        for ((i, data), verdict) in chunks.into_iter().zip(verdicts) {
+            if verdict.is_err() {
+                out.push((i, verdict));
                 continue;
             }
+            let c = &m.chunks()[i as usize];
             let file = match self.files.entry(c.file) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut().clone(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     let p = statesync_manifest::path::join(
                         &self.staging_state,
                         &m.files()[c.file as usize].path,
                     );
-                    v.insert(open_target(&p).map_err(|e| format!("open {}: {e}", p.display()))?)
+                    v.insert(Arc::new(
+                        open_target(&p).map_err(|e| format!("open {}: {e}", p.display()))?,
+                    ))
+                    .clone()
                 }
             };
             file.write_all_at(&data, c.offset)
                 .map_err(|e| format!("write {}: {e}", m.files()[c.file as usize].path))?;
-            self.dirty.insert(c.file);
+            self.dirty.insert(c.file, file);
             self.pending.push(i);
             self.pending_bytes += data.len() as u64;
             out.push((i, Ok(())));
@@ -468,34 +537,59 @@ impl Writer {
         if self.pending_bytes >= self.commit_bytes
             || self.last_commit.elapsed() >= self.commit_every
         {
-            self.flush(staging)?;
+            self.hand_off()?;
         }
         Ok(out)
     }
 
-    /// Makes written bytes durable, then records them as done.
-    pub fn flush(&mut self, staging: &Staging) -> std::result::Result<(), String> {
-        for f in self.dirty.drain() {
-            if let Some(h) = self.files.get(&f) {
-                h.sync_data().map_err(|e| format!("fsync: {e}"))?;
-            }
+    /// Hands the current batch to the syncer (blocks only if it is
+    /// [`SYNC_QUEUE`] batches behind).
+    fn hand_off(&mut self) -> std::result::Result<(), String> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        staging
-            .commit(&self.pending)
-            .map_err(|e| format!("commit progress: {e}"))?;
-        self.pending.clear();
+        let files = self.dirty.drain().map(|(_, f)| f).collect();
+        let indices = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         self.last_commit = Instant::now();
+        self.syncer
+            .as_ref()
+            .ok_or("syncer stopped")?
+            .send(SyncJob::Batch { files, indices })
+            .map_err(|_| "syncer stopped".to_string())?;
         // Keep the number of open files bounded.
         if self.files.len() > 256 {
             self.files.clear();
         }
         Ok(())
     }
+
+    /// Makes everything written so far durable and recorded; waits for it.
+    pub fn flush(&mut self) -> std::result::Result<(), String> {
+        self.hand_off()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.syncer
+            .as_ref()
+            .ok_or("syncer stopped")?
+            .send(SyncJob::Barrier(tx))
+            .map_err(|_| "syncer stopped".to_string())?;
+        rx.recv().map_err(|_| "syncer stopped".to_string())?;
+        match self.sync_failed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Verifies the assembled checkpoint and moves it to `out` (which must not
-/// exist). Returns the verification report on mismatch.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.syncer.take();
+        if let Some(h) = self.syncer_handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Fraction of trusted (kept or linked) chunks rehashed at the end of a sync.
 pub const TRUSTED_SAMPLE_RATE: f64 = 1.0 / 64.0;
 

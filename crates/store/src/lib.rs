@@ -94,6 +94,18 @@ pub struct OpenReport {
     /// Stale staging directories of writers that died.
     pub removed_staging: Vec<PathBuf>,
     pub emptied_trash: usize,
+    /// Leases of dead processes removed.
+    pub stale_leases: usize,
+}
+
+/// The pid in a lease pin name (`lease-<pid>-<what>`), if it is one.
+pub fn lease_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("lease-")?.split('-').next()?.parse().ok()
+}
+
+/// The pin name of a lease held by this process.
+pub fn lease_name(what: &str) -> String {
+    format!("lease-{}-{what}", std::process::id())
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -168,6 +180,15 @@ impl Store {
             }
         }
         rep.emptied_trash = store.empty_trash()?;
+        // Leases of serving processes that died (pins named lease-<pid>-...).
+        for (h, name) in store.pins()? {
+            if let Some(pid) = lease_pid(&name)
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = store.unpin(h, &name);
+                rep.stale_leases += 1;
+            }
+        }
         Ok((store, rep))
     }
 

@@ -215,3 +215,24 @@ fn source_with_symlink_is_refused_and_nothing_is_promoted() {
     assert!(store.list().unwrap().is_empty());
     assert_eq!(count(&root.path().join("staging")), 0);
 }
+
+#[test]
+fn leases_of_dead_processes_are_released_on_open() {
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "a", b"x");
+    let root = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(root.path()).unwrap();
+    store.create_from_dir(1, src.path(), &opts()).unwrap();
+    // A lease of a pid that cannot exist, and one of this (live) process.
+    store
+        .pin(1, "lease-999999999-serving", "dead server")
+        .unwrap();
+    store
+        .pin(1, &statesync_store::lease_name("serving"), "live server")
+        .unwrap();
+    let (store, rep) = Store::open(root.path()).unwrap();
+    assert_eq!(rep.stale_leases, 1);
+    let pins: Vec<String> = store.pins().unwrap().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(pins, vec![statesync_store::lease_name("serving")]);
+    assert_eq!(store.prune(0).unwrap().kept_pinned, vec![1]);
+}
