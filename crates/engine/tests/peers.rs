@@ -39,7 +39,7 @@ fn three_days_of_churn_cost_bounded_dials_and_discoveries() {
     for p in 0..60u32 {
         pm.add_known(p, format!("/ip4/10.0.0.{p}/tcp/1"), p < 4, now);
     }
-    let unreachable = |p: u32| p % 3 == 0;
+    let unreachable = |p: u32| p.is_multiple_of(3);
     let mut connected_until: BTreeMap<u32, Instant> = BTreeMap::new();
     let mut pending_dials: Vec<(Instant, u32)> = Vec::new();
     let step = Duration::from_secs(1);

@@ -234,11 +234,15 @@ pub fn execute_local(
     let done = staging.done()?;
     let mut rep = LocalReport::default();
     let mut trusted = Vec::new();
+    let mut touched_dirs: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
     if in_place.is_some() {
         // Files of the consumed checkpoint that the target does not have.
         for f in statesync_manifest::build::scan(&state)? {
             if m.find(&f.path).is_none() {
                 std::fs::remove_file(&f.abs)?;
+                if let Some(parent) = f.abs.parent() {
+                    touched_dirs.insert(parent.to_path_buf());
+                }
             }
         }
     }
@@ -249,11 +253,26 @@ pub fn execute_local(
         .collect();
     let mut newly_done = Vec::new();
     let mut need = Vec::new();
+    // Directories whose entries this run changed (`touched_dirs`) are the
+    // only ones fsynced: an in-place or resumed sync touches few.
     for (fi, f) in m.files().iter().enumerate() {
         let dst = statesync_manifest::path::join(&state, &f.path);
         if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("create {}: {e}", parent.display()))?;
+            if !parent.exists() {
+                let mut d = parent.to_path_buf();
+                while d.starts_with(&state) && !d.exists() {
+                    touched_dirs.insert(d.clone());
+                    if !d.pop() {
+                        break;
+                    }
+                }
+                touched_dirs.insert(d);
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("create {}: {e}", parent.display()))?;
+            }
+            if std::fs::symlink_metadata(&dst).is_err() || linked.contains_key(&(fi as u32)) {
+                touched_dirs.insert(parent.to_path_buf());
+            }
         }
         let first = m.first_chunk(fi);
         let count = m.file_chunks(fi).len() as u64;
@@ -380,23 +399,16 @@ pub fn execute_local(
             file.sync_data()?;
         }
     }
-    sync_dirs(&state)?;
+    if in_place.is_some() {
+        touched_dirs.insert(state.clone());
+    }
+    for d in &touched_dirs {
+        File::open(d)
+            .and_then(|h| h.sync_all())
+            .map_err(|e| format!("fsync {}: {e}", d.display()))?;
+    }
     staging.commit_with(&newly_done, &trusted)?;
     Ok((need, rep))
-}
-
-fn sync_dirs(root: &Path) -> Result<()> {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                stack.push(e.path());
-            }
-        }
-        File::open(&d)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Per-chunk verdicts for the scheduler.
