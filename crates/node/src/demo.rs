@@ -53,7 +53,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
         },
     )?;
     say(format!(
-        "[1/6] generated application state: {} files, {} ({} zero blocks, {} duplicate files) in {:.1}s",
+        "[1/7] generated application state: {} files, {} ({} zero blocks, {} duplicate files) in {:.1}s",
         g.files,
         ui::bytes(g.bytes),
         g.zero_blocks,
@@ -66,7 +66,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     let c1 = store.create_from_dir(100, &state, &CreateOptions::default())?;
     let full_s = t.elapsed().as_secs_f64();
     say(format!(
-        "[2/6] checkpoint 100: root {} — copy, fsync and full parallel manifest of {} in {:.2}s ({})",
+        "[2/7] checkpoint 100: root {} — copy, fsync and full parallel manifest of {} in {:.2}s ({})",
         c1.info.root,
         ui::bytes(c1.info.bytes),
         full_s,
@@ -97,7 +97,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     )?;
     let inc_s = t.elapsed().as_secs_f64();
     say(format!(
-        "[3/6] the application changed {} chunks, appended to {} files, deleted {}, added {};\n      checkpoint 200: root {} — incremental: hashed {} ({} chunks, {} of them a sampled re-check), {} files hard-linked, {:.2}s",
+        "[3/7] the application changed {} chunks, appended to {} files, deleted {}, added {};\n      checkpoint 200: root {} — incremental: hashed {} ({} chunks, {} of them a sampled re-check), {} files hard-linked, {:.2}s",
         mrep.chunks_changed,
         mrep.files_appended,
         mrep.files_deleted,
@@ -115,7 +115,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     let plan = statesync_manifest::plan(&m2, &[LocalSource::complete(&store.state_dir(100), &m1)]);
     let p = plan.totals;
     say(format!(
-        "[4/6] a node holding checkpoint 100 that must reach 200 plans: link {} files ({}), copy {} chunks ({}), skip {} zero chunks ({}), fetch {} chunks ({}) — {:.2}% of the state",
+        "[4/7] a node holding checkpoint 100 that must reach 200 plans: link {} files ({}), copy {} chunks ({}), skip {} zero chunks ({}), fetch {} chunks ({}) — {:.2}% of the state",
         p.files_linked,
         ui::bytes(p.bytes_linked),
         p.chunks_copy,
@@ -130,7 +130,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     let t = Instant::now();
     let v = statesync_manifest::verify_dir(&store.state_dir(200), &m2, None)?;
     say(format!(
-        "[5/6] verify checkpoint 200 against its root: {} ({} in {:.2}s)",
+        "[5/7] verify checkpoint 200 against its root: {} ({} in {:.2}s)",
         if v.ok { "OK" } else { "MISMATCH" },
         ui::bytes(v.bytes_checked),
         t.elapsed().as_secs_f64()
@@ -162,18 +162,30 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     let bad = statesync_manifest::verify_dir(&copy, &m2, None)?;
     let c = bad.corrupt.first().ok_or("tampering was not detected")?;
     say(format!(
-        "[6/6] one flipped byte in a copy: verify reports {} chunk {} at offset {} — and nothing else ({} corrupt chunk)",
+        "[6/7] one flipped byte in a copy: verify reports {} chunk {} at offset {} — and nothing else ({} corrupt chunk)",
         c.path,
         c.chunk,
         c.offset,
         bad.corrupt.len()
+    ));
+    // A late joiner syncs checkpoint 200 over libp2p from three serving
+    // processes, starting from its stale copy of checkpoint 100 (in place).
+    let net = network_sync(&dir, &store, &m1, &c2.info.root.to_hex(), json)?;
+    say(format!(
+        "[7/7] 3 nodes serve the store; a late joiner holding checkpoint 100 syncs 200 over libp2p (noise-encrypted, every chunk verified):\n      fetched {} from {} peers, kept {} in place, {:.2}s — the result verifies against root {}",
+        ui::bytes(net["bytes_fetched"].as_u64().unwrap_or(0)),
+        net["peers_used"].as_u64().unwrap_or(0),
+        ui::bytes(net["local"]["bytes_kept"].as_u64().unwrap_or(0)),
+        net["seconds"].as_f64().unwrap_or(0.0),
+        c2.info.root
     ));
     let pr = store.prune(1)?;
     say(format!(
         "retention (keep 1): removed checkpoints {:?}",
         pr.removed
     ));
-    say("\nNext milestones: fetching checkpoints from many peers over libp2p, block sync, and the multi-node demo.".into());
+    say("\nNext milestones: the reference chain, block sync and backfill, and the multi-node catch-up demo.".into());
+    summary.insert("network_sync".into(), net);
     summary.insert("generated".into(), serde_json::to_value(&g)?);
     summary.insert("checkpoint_full".into(), serde_json::to_value(&c1.info)?);
     summary.insert(
@@ -191,6 +203,71 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
         ui::print_json(&summary);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts three `statesync serve` processes on the store and runs a fetch
+/// of `root` in place of a copy of checkpoint 100; returns the fetch summary.
+fn network_sync(
+    dir: &std::path::Path,
+    store: &Store,
+    m100: &statesync_manifest::Manifest,
+    root: &str,
+    _json: bool,
+) -> Result<serde_json::Value> {
+    use std::process::{Command, Stdio};
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let me = std::env::current_exe()?;
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        let af = dir.join(format!("node{i}.addr"));
+        let c = Command::new(&me)
+            .args(["--quiet", "serve", "--store"])
+            .arg(store.root())
+            .arg("--data")
+            .arg(dir.join(format!("node{i}")))
+            .arg("--addr-file")
+            .arg(&af)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        servers.push(Kill(c));
+        let t = Instant::now();
+        while !af.exists() {
+            if t.elapsed().as_secs() > 30 {
+                return Err("a demo node did not start".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        addrs.push(std::fs::read_to_string(&af)?);
+    }
+    // The joiner's stale checkpoint: a private copy of checkpoint 100.
+    let stale = dir.join("joiner-stale");
+    copy_tree(&store.state_dir(100), &stale)?;
+    let mf = dir.join("joiner-stale.manifest");
+    std::fs::write(&mf, m100.encode())?;
+    let out = dir.join("joiner-synced");
+    let mut c = Command::new(&me);
+    c.args(["--json", "--quiet", "fetch", "--root", root, "--out"])
+        .arg(&out)
+        .arg("--data")
+        .arg(dir.join("joiner"))
+        .arg("--in-place")
+        .arg(format!("{}={}", stale.display(), mf.display()));
+    for a in &addrs {
+        c.args(["--peer", a]);
+    }
+    let o = c.output()?;
+    if !o.status.success() {
+        return Err(format!("demo fetch failed: {}", String::from_utf8_lossy(&o.stderr)).into());
+    }
+    Ok(serde_json::from_slice(&o.stdout)?)
 }
 
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
