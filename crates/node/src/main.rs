@@ -341,7 +341,22 @@ enum CheckpointCmd {
     },
 }
 
+/// Keeps freed buffers in the heap instead of returning them to the kernel:
+/// chunk responses are megabytes each, and glibc's default (mmap per large
+/// block, trim on free) makes every response fault in and zero fresh pages,
+/// which measured as a quarter of the fetcher's CPU time.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
