@@ -50,7 +50,8 @@ pub enum BenchCmd {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-fn median(v: &mut [f64]) -> f64 {
+/// Median of the runs (NaN for none); sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;

@@ -90,18 +90,6 @@ fn timed(mut c: Command) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    }
-}
-
 pub fn run(a: Args, json: bool) -> Result<ExitCode> {
     if Command::new("rsync")
         .arg("--version")
@@ -317,7 +305,10 @@ pub fn run(a: Args, json: bool) -> Result<ExitCode> {
         eprintln!("round {}/{} done", r + 1, a.rounds);
     }
     clean();
-    let med: Vec<f64> = runs.iter().map(|r| median(r)).collect();
+    let med: Vec<f64> = runs
+        .iter()
+        .map(|r| crate::bench::median(&mut r.clone()))
+        .collect();
     let full_1 = med[2] / med[0];
     let full_4 = med[2] / med[1];
     let full_4_fsync = med[3] / med[1];
