@@ -377,6 +377,42 @@ fn read_manifest(p: &Path) -> Result<Manifest> {
     Manifest::decode(&bytes).map_err(|e| format!("manifest {}: {e}", p.display()).into())
 }
 
+/// `DIR` or `DIR=MANIFEST` -> the directory and, if given, the manifest path.
+fn split_dir_manifest(s: &str) -> (PathBuf, Option<PathBuf>) {
+    match s.split_once('=') {
+        Some((d, m)) => (PathBuf::from(d), Some(PathBuf::from(m))),
+        None => (PathBuf::from(s), None),
+    }
+}
+
+/// A local checkpoint argument: its manifest is read from `=MANIFEST` or
+/// computed from the directory with `chunk_size`.
+fn dir_and_manifest(s: &str, chunk_size: u32) -> Result<(PathBuf, Manifest)> {
+    let (dir, manifest) = split_dir_manifest(s);
+    let m = match manifest {
+        Some(p) => read_manifest(&p)?,
+        None => {
+            let opts = BuildOptions {
+                chunk_size,
+                ..Default::default()
+            };
+            statesync_manifest::build(&dir, &opts)?.manifest
+        }
+    };
+    Ok((dir, m))
+}
+
+/// Checks a manifest against an optional trusted `--root`.
+fn check_root(m: &Manifest, root: Option<&str>) -> Result<()> {
+    if let Some(r) = root {
+        let want = parse_root(r)?;
+        if m.root() != want {
+            return Err(format!("manifest root is {}, expected {want}", m.root()).into());
+        }
+    }
+    Ok(())
+}
+
 fn parse_root(s: &str) -> Result<Hash> {
     Hash::from_hex(s).map_err(|e| format!("--root: {e}").into())
 }
@@ -556,12 +592,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             chunks,
         }) => {
             let m = read_manifest(&file)?;
-            if let Some(r) = root {
-                let want = parse_root(&r)?;
-                if m.root() != want {
-                    return Err(format!("manifest root is {}, expected {want}", m.root()).into());
-                }
-            }
+            check_root(&m, root.as_deref())?;
             let zero = m.chunks().iter().filter(|c| c.is_zero()).count();
             if json {
                 ui::print_json(&serde_json::json!({
@@ -617,12 +648,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             root,
         } => {
             let m = read_manifest(&manifest)?;
-            if let Some(r) = root {
-                let want = parse_root(&r)?;
-                if m.root() != want {
-                    return Err(format!("manifest root is {}, expected {want}", m.root()).into());
-                }
-            }
+            check_root(&m, root.as_deref())?;
             let progress = Arc::new(Progress::default());
             let t = Instant::now();
             let bar = ui::Bar::start("verifying", progress.clone(), bars);
@@ -672,19 +698,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let tm = read_manifest(&target)?;
             let mut sources: Vec<(PathBuf, Manifest)> = Vec::new();
             for l in &locals {
-                let (dir, man) = match l.split_once('=') {
-                    Some((d, m)) => (PathBuf::from(d), read_manifest(Path::new(m))?),
-                    None => {
-                        let opts = BuildOptions {
-                            chunk_size: tm.chunk_size(),
-                            ..Default::default()
-                        };
-                        (
-                            PathBuf::from(l),
-                            statesync_manifest::build(Path::new(l), &opts)?.manifest,
-                        )
-                    }
-                };
+                let (dir, man) = dir_and_manifest(l, tm.chunk_size())?;
                 sources.push((dir, man));
             }
             if let Some(s) = &store {
@@ -778,29 +792,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .into());
             }
-            let dir_and_manifest = |s: &str| -> Result<(PathBuf, Manifest)> {
-                Ok(match s.split_once('=') {
-                    Some((d, m)) => (PathBuf::from(d), read_manifest(Path::new(m))?),
-                    None => (
-                        PathBuf::from(s),
-                        statesync_manifest::build(Path::new(s), &BuildOptions::default())?.manifest,
-                    ),
-                })
-            };
+            let chunk_size = DEFAULT_CHUNK_SIZE;
             let mut seed_list = Vec::new();
             for s in &seeds {
-                seed_list.push(dir_and_manifest(s)?);
+                seed_list.push(dir_and_manifest(s, chunk_size)?);
             }
-            let in_place = match &in_place {
+            let in_place = match in_place.as_deref().map(|s| (s, split_dir_manifest(s).0)) {
                 // Already consumed by an interrupted run: the staging area has it.
-                Some(s) if !Path::new(s.split_once('=').map_or(s.as_str(), |x| x.0)).exists() => {
+                Some((_, dir)) if !dir.exists() => {
                     let saved = session::staging_dir(&net.data, &root).join("in-place-manifest");
-                    Some((
-                        PathBuf::from(s.split_once('=').map_or(s.as_str(), |x| x.0)),
-                        read_manifest(&saved)?,
-                    ))
+                    Some((dir, read_manifest(&saved)?))
                 }
-                Some(s) => Some(dir_and_manifest(s)?),
+                Some((s, _)) => Some(dir_and_manifest(s, chunk_size)?),
                 None => None,
             };
             if let Some(sp) = &seed_store {
