@@ -3,5 +3,8 @@
 //! no clock; the async shell in `statesync` (the node crate) drives them, and
 //! simulations drive them with a virtual clock.
 
+pub mod decide;
 pub mod fetch;
+pub mod lookup;
 pub mod peers;
+pub mod range;

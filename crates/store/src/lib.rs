@@ -441,6 +441,30 @@ impl Store {
         })
     }
 
+    /// Takes in a complete, verified checkpoint directory (a state sync's
+    /// result) as checkpoint `height` by renaming it into the store (same
+    /// filesystem), with its manifest. The caller has verified `dir` against
+    /// `manifest`.
+    pub fn adopt(&self, height: u64, dir: &Path, manifest: &Manifest) -> Result<CheckpointInfo> {
+        if let Some(p) = self.latest()?
+            && p.height >= height
+        {
+            return Err(StoreError::NotNewer {
+                height,
+                latest: p.height,
+            });
+        }
+        let staging = self.begin(height)?;
+        let state = staging.state_dir();
+        std::fs::remove_dir(&state).map_err(io("remove", &state))?;
+        std::fs::rename(dir, &state).map_err(io("rename", dir))?;
+        let mut stats = StatCache::new(statesync_manifest::stats::now_ns());
+        for f in statesync_manifest::build::scan(&state)? {
+            stats.insert(f.path, f.stat);
+        }
+        staging.commit(manifest, &stats, None)
+    }
+
     /// Durable pins: `(height, name)`.
     pub fn pins(&self) -> Result<Vec<(u64, String)>> {
         let dir = self.root.join("pins");

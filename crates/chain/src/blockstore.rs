@@ -1,0 +1,238 @@
+//! Verified blocks in redb: by height and by hash, plus the stored range.
+//!
+//! The store always holds one contiguous range `[low, high]` of blocks that
+//! link by parent hash: `high` is the head, `low` is the backfill pointer
+//! (the oldest block with unbroken ancestry to the head). Appends extend
+//! `high`, backfill extends `low` downwards; both check the links and commit
+//! in one transaction with the bounds, so a crash leaves a consistent range.
+
+use crate::types::{Block, ChainError};
+use redb::{Database, ReadableTable, TableDefinition};
+use statesync_manifest::Hash;
+use std::path::Path;
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const BY_HASH: TableDefinition<&[u8], u64> = TableDefinition::new("by_hash");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("block store: {0}")]
+    Db(String),
+    #[error("block store: block {got} does not extend the stored range {low}..={high}")]
+    NotContiguous { got: u64, low: u64, high: u64 },
+    #[error("block store: {0}")]
+    Chain(#[from] ChainError),
+}
+
+fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+pub struct BlockStore {
+    db: Database,
+}
+
+impl BlockStore {
+    pub fn open(path: &Path) -> Result<BlockStore, StoreError> {
+        let database = Database::create(path).map_err(db)?;
+        let w = database.begin_write().map_err(db)?;
+        {
+            w.open_table(BLOCKS).map_err(db)?;
+            w.open_table(BY_HASH).map_err(db)?;
+            w.open_table(META).map_err(db)?;
+        }
+        w.commit().map_err(db)?;
+        Ok(BlockStore { db: database })
+    }
+
+    /// `(low, high)` of the stored range, or None when empty.
+    pub fn bounds(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(META).map_err(db)?;
+        let low = t.get("low").map_err(db)?.map(|v| v.value());
+        let high = t.get("high").map_err(db)?.map(|v| v.value());
+        Ok(low.zip(high))
+    }
+
+    pub fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        Ok(match self.get_raw(height)? {
+            Some(b) => Some(Block::decode(&b)?),
+            None => None,
+        })
+    }
+
+    pub fn get_raw(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(BLOCKS).map_err(db)?;
+        Ok(t.get(height).map_err(db)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Encoded blocks `start..start+count` that are stored, in order,
+    /// stopping at the first gap or at `max_bytes`.
+    pub fn range_raw(
+        &self,
+        start: u64,
+        count: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(BLOCKS).map_err(db)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for h in start..start.saturating_add(count) {
+            match t.get(h).map_err(db)? {
+                Some(v) => {
+                    bytes += v.value().len();
+                    if bytes > max_bytes && !out.is_empty() {
+                        break;
+                    }
+                    out.push(v.value().to_vec());
+                }
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(BY_HASH).map_err(db)?;
+        Ok(t.get(hash.0.as_slice()).map_err(db)?.map(|v| v.value()))
+    }
+
+    /// Starts an empty store at `anchor` (genesis successor or a
+    /// state-synced checkpoint's block), or replaces its contents.
+    pub fn reset_to(&self, anchor: &Block) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            let mut b = w.open_table(BLOCKS).map_err(db)?;
+            b.retain(|_, _| false).map_err(db)?;
+            let mut h = w.open_table(BY_HASH).map_err(db)?;
+            h.retain(|_, _| false).map_err(db)?;
+            b.insert(anchor.height(), anchor.encode().as_slice())
+                .map_err(db)?;
+            h.insert(anchor.hash().0.as_slice(), anchor.height())
+                .map_err(db)?;
+            let mut m = w.open_table(META).map_err(db)?;
+            m.insert("low", anchor.height()).map_err(db)?;
+            m.insert("high", anchor.height()).map_err(db)?;
+        }
+        w.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Empties the store.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            w.open_table(BLOCKS)
+                .map_err(db)?
+                .retain(|_, _| false)
+                .map_err(db)?;
+            w.open_table(BY_HASH)
+                .map_err(db)?
+                .retain(|_, _| false)
+                .map_err(db)?;
+            let mut m = w.open_table(META).map_err(db)?;
+            m.remove("low").map_err(db)?;
+            m.remove("high").map_err(db)?;
+        }
+        w.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Appends verified blocks `high+1..` (ascending). The first must link
+    /// to the stored head (or to `genesis_parent` on an empty store, where it
+    /// must be block 1).
+    pub fn append(&self, blocks: &[Block], genesis_parent: &Hash) -> Result<(), StoreError> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let bounds = self.bounds()?;
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            let mut bt = w.open_table(BLOCKS).map_err(db)?;
+            let mut ht = w.open_table(BY_HASH).map_err(db)?;
+            let (mut prev_h, mut prev_hash) = match bounds {
+                Some((_, high)) => {
+                    let raw = bt
+                        .get(high)
+                        .map_err(db)?
+                        .map(|v| v.value().to_vec())
+                        .ok_or_else(|| StoreError::Db(format!("head block {high} missing")))?;
+                    (high, Block::decode(&raw)?.hash())
+                }
+                None => (0, *genesis_parent),
+            };
+            for b in blocks {
+                if b.height() != prev_h + 1 {
+                    let (low, high) = bounds.unwrap_or((1, 0));
+                    return Err(StoreError::NotContiguous {
+                        got: b.height(),
+                        low,
+                        high,
+                    });
+                }
+                if b.header.parent != prev_hash {
+                    return Err(ChainError::ParentMismatch { height: b.height() }.into());
+                }
+                bt.insert(b.height(), b.encode().as_slice()).map_err(db)?;
+                ht.insert(b.hash().0.as_slice(), b.height()).map_err(db)?;
+                prev_h = b.height();
+                prev_hash = b.hash();
+            }
+            let mut m = w.open_table(META).map_err(db)?;
+            if bounds.is_none() {
+                m.insert("low", blocks[0].height()).map_err(db)?;
+            }
+            m.insert("high", prev_h).map_err(db)?;
+        }
+        w.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Prepends verified blocks below `low` (given in descending order:
+    /// `low-1, low-2, ...`), each the parent of the one above it.
+    pub fn prepend(&self, blocks: &[Block]) -> Result<(), StoreError> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let Some((low, high)) = self.bounds()? else {
+            return Err(StoreError::Db("backfill into an empty store".into()));
+        };
+        let w = self.db.begin_write().map_err(db)?;
+        {
+            let mut bt = w.open_table(BLOCKS).map_err(db)?;
+            let mut ht = w.open_table(BY_HASH).map_err(db)?;
+            let raw = bt
+                .get(low)
+                .map_err(db)?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| StoreError::Db(format!("low block {low} missing")))?;
+            let mut child = Block::decode(&raw)?.header;
+            for b in blocks {
+                if b.height() + 1 != child.height {
+                    return Err(StoreError::NotContiguous {
+                        got: b.height(),
+                        low,
+                        high,
+                    });
+                }
+                if b.hash() != child.parent {
+                    return Err(ChainError::ParentMismatch {
+                        height: child.height,
+                    }
+                    .into());
+                }
+                bt.insert(b.height(), b.encode().as_slice()).map_err(db)?;
+                ht.insert(b.hash().0.as_slice(), b.height()).map_err(db)?;
+                child = b.header.clone();
+            }
+            let mut m = w.open_table(META).map_err(db)?;
+            m.insert("low", child.height).map_err(db)?;
+        }
+        w.commit().map_err(db)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,429 @@
+//! A replica of the reference chain on disk: checkpoint store, block store
+//! and live state, kept consistent across crashes.
+//!
+//! Layout of the data directory:
+//! * `store/`: checkpoints (see docs/store.md), one every
+//!   `checkpoint_interval` blocks, the last `keep` kept (plus pins/leases);
+//! * `anchors/<height>`: the block at each checkpoint height, so the block
+//!   store can always be re-anchored on a checkpoint;
+//! * `blocks.redb`: verified blocks `[low, high]`;
+//! * `live/`: the state being executed into (rebuilt from the latest
+//!   checkpoint + stored blocks on every start, so a crash at any write
+//!   leaves nothing to repair by hand).
+
+use crate::blockstore::{BlockStore, StoreError as BlockStoreError};
+use crate::state::{LiveState, StateLayout};
+use crate::types::{Block, ChainError, Spec, ValidatorKey};
+use statesync_manifest::{Hash, Manifest};
+use statesync_store::{CreateOptions, Store};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Whose fault an import failure is.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The block is invalid: the peer that sent it is at fault.
+    #[error("bad block: {0}")]
+    Bad(#[from] ChainError),
+    /// Our own failure (disk, database, divergence): nobody's else.
+    #[error("local failure: {0}")]
+    Local(String),
+}
+
+fn local<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ImportError + '_ {
+    move |e| ImportError::Local(format!("{what}: {e}"))
+}
+
+impl From<BlockStoreError> for ImportError {
+    fn from(e: BlockStoreError) -> Self {
+        match e {
+            BlockStoreError::Chain(c) => ImportError::Bad(c),
+            other => ImportError::Local(other.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct OpenReport {
+    pub checkpoint: u64,
+    pub replayed: u64,
+    pub head: u64,
+    pub low: u64,
+    pub generated_genesis: bool,
+    pub reanchored: bool,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ImportReport {
+    pub imported: u64,
+    pub checkpoints: Vec<(u64, String)>,
+    pub exec_secs: f64,
+    pub checkpoint_secs: f64,
+}
+
+pub struct Replica {
+    pub spec: Spec,
+    pub store: Store,
+    pub blocks: BlockStore,
+    live: LiveState,
+    data: PathBuf,
+    /// Checkpoints kept by retention (pins and serving leases come on top).
+    pub keep: usize,
+    /// Take a checkpoint at every checkpoint height even inside a long
+    /// import (else only at the last one of each import call).
+    pub checkpoint_every: bool,
+    head_hash: Hash,
+}
+
+fn anchor_path(data: &Path, h: u64) -> PathBuf {
+    data.join("anchors").join(format!("{h:020}"))
+}
+
+impl Replica {
+    pub fn open(data: &Path, spec: Spec) -> Result<(Replica, OpenReport), ImportError> {
+        std::fs::create_dir_all(data.join("anchors")).map_err(local("create data dir"))?;
+        let (store, _) = Store::open(data.join("store")).map_err(local("open checkpoint store"))?;
+        let blocks = BlockStore::open(&data.join("blocks.redb"))?;
+        let layout = StateLayout::of(&spec.genesis);
+        let mut rep = OpenReport::default();
+        // A checkpoint without its anchor block was never made final (the
+        // leader crashed between the two): drop it.
+        let mut latest = store.latest().map_err(local("list checkpoints"))?;
+        while let Some(c) = latest
+            .as_ref()
+            .filter(|c| c.height > 0 && !anchor_path(data, c.height).exists())
+        {
+            store
+                .remove(c.height)
+                .map_err(local("remove unanchored checkpoint"))?;
+            latest = store.latest().map_err(local("list checkpoints"))?;
+        }
+        let bounds = blocks.bounds()?;
+        let latest = match latest {
+            Some(c) => c,
+            None => {
+                // No checkpoint: genesis. Blocks above it only make sense
+                // if they start at 1.
+                if bounds.is_some_and(|(low, _)| low > 1) {
+                    blocks.clear()?;
+                }
+                let tmp = data.join("genesis.tmp");
+                let _ = std::fs::remove_dir_all(&tmp);
+                layout
+                    .generate(&tmp, spec.genesis.seed)
+                    .map_err(local("generate genesis state"))?;
+                let c = store
+                    .create_from_dir(0, &tmp, &CreateOptions::default())
+                    .map_err(local("create genesis checkpoint"))?;
+                let _ = std::fs::remove_dir_all(&tmp);
+                rep.generated_genesis = true;
+                c.info
+            }
+        };
+        let c = latest.height;
+        rep.checkpoint = c;
+        // Make the block store start at or below the checkpoint and reach it.
+        let bounds = blocks.bounds()?;
+        if c > 0 {
+            let anchor = std::fs::read(anchor_path(data, c))
+                .map_err(local("read checkpoint anchor block"))
+                .and_then(|b| Block::decode(&b).map_err(local("decode checkpoint anchor block")))?;
+            let ok = match bounds {
+                Some((low, high)) => low <= c && high >= c,
+                None => false,
+            };
+            if !ok {
+                let linkable = match bounds {
+                    Some((low, high)) if high + 1 == c && low <= high => blocks
+                        .get(high)?
+                        .is_some_and(|b| b.hash() == anchor.header.parent),
+                    _ => false,
+                };
+                if linkable {
+                    blocks.append(std::slice::from_ref(&anchor), &spec.id)?;
+                } else {
+                    blocks.reset_to(&anchor)?;
+                    rep.reanchored = true;
+                }
+            }
+        }
+        let live = LiveState::from_checkpoint(&latest.path, &data.join("live"), layout, c)
+            .map_err(local("link live state"))?;
+        let mut r = Replica {
+            head_hash: spec.id,
+            spec,
+            store,
+            blocks,
+            live,
+            data: data.to_path_buf(),
+            keep: 3,
+            checkpoint_every: false,
+        };
+        // Replay what the block store holds above the checkpoint.
+        if let Some((_, high)) = r.blocks.bounds()? {
+            let mut h = c + 1;
+            while h <= high {
+                let end = (h + 255).min(high);
+                let mut batch = Vec::new();
+                for x in h..=end {
+                    match r.blocks.get(x)? {
+                        Some(b) => batch.push(b),
+                        None => {
+                            return Err(ImportError::Local(format!("stored block {x} missing")));
+                        }
+                    }
+                }
+                r.execute(&batch, end == high)?;
+                rep.replayed += batch.len() as u64;
+                h = end + 1;
+            }
+            if let Some(b) = r.blocks.get(r.live.height())? {
+                r.head_hash = b.hash();
+            }
+        }
+        rep.head = r.head().0;
+        rep.low = r.low();
+        Ok((r, rep))
+    }
+
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// Executed head: height and block hash (genesis: 0 and the chain id).
+    pub fn head(&self) -> (u64, Hash) {
+        (self.live.height(), self.head_hash)
+    }
+
+    /// The backfill pointer: lowest stored block with unbroken ancestry (1
+    /// when history is complete; on a fresh genesis node, 1 as well).
+    pub fn low(&self) -> u64 {
+        match self.blocks.bounds() {
+            Ok(Some((low, _))) => low,
+            _ => 1,
+        }
+    }
+
+    pub fn state_bytes(&self) -> u64 {
+        StateLayout::of(&self.spec.genesis).bytes()
+    }
+
+    /// Verifies, stores and executes blocks (ascending, starting at or
+    /// below head+1; those at or below the head are checked and skipped).
+    pub fn import(&mut self, blocks: &[Block]) -> Result<ImportReport, ImportError> {
+        for b in blocks {
+            self.spec.verify(b)?;
+        }
+        let head = self.live.height();
+        let new: Vec<Block> = blocks
+            .iter()
+            .filter(|b| b.height() > head)
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(ImportReport::default());
+        }
+        if new[0].height() != head + 1 {
+            return Err(ImportError::Local(format!(
+                "import of {}.. does not start at head+1 ({})",
+                new[0].height(),
+                head + 1
+            )));
+        }
+        if new[0].header.parent != self.head_hash {
+            return Err(ChainError::ParentMismatch {
+                height: new[0].height(),
+            }
+            .into());
+        }
+        for w in new.windows(2) {
+            if w[1].header.parent != w[0].hash() {
+                return Err(ChainError::ParentMismatch {
+                    height: w[1].height(),
+                }
+                .into());
+            }
+        }
+        let stored_high = self.blocks.bounds()?.map(|b| b.1).unwrap_or(0);
+        let to_store: Vec<Block> = new
+            .iter()
+            .filter(|b| b.height() > stored_high)
+            .cloned()
+            .collect();
+        self.blocks.append(&to_store, &self.spec.id)?;
+        self.execute(&new, true)
+    }
+
+    fn execute(&mut self, blocks: &[Block], last_call: bool) -> Result<ImportReport, ImportError> {
+        let mut rep = ImportReport::default();
+        let last_cp = blocks
+            .iter()
+            .rev()
+            .find(|b| self.spec.is_checkpoint(b.height()))
+            .map(|b| b.height());
+        for b in blocks {
+            let t = Instant::now();
+            self.live.apply(b).map_err(local("execute"))?;
+            rep.exec_secs += t.elapsed().as_secs_f64();
+            rep.imported += 1;
+            self.head_hash = b.hash();
+            let h = b.height();
+            if self.spec.is_checkpoint(h)
+                && (self.checkpoint_every || (last_call && Some(h) == last_cp))
+            {
+                let t = Instant::now();
+                let root = self.checkpoint(b)?;
+                rep.checkpoint_secs += t.elapsed().as_secs_f64();
+                if root != b.header.state_root {
+                    return Err(ImportError::Local(format!(
+                        "state diverged at {h}: computed root {root}, the header commits {}",
+                        b.header.state_root
+                    )));
+                }
+                rep.checkpoints.push((h, root.to_hex()));
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Takes the checkpoint of the current live state (after block `b`),
+    /// incrementally from the change set, and applies retention.
+    fn checkpoint(&mut self, b: &Block) -> Result<Hash, ImportError> {
+        let h = b.height();
+        self.live.sync().map_err(local("flush live state"))?;
+        let changes = self.live.take_changes();
+        let opts = CreateOptions {
+            changes: Some(changes),
+            ..CreateOptions::default()
+        };
+        write_durable(&anchor_path(&self.data, h), &b.encode()).map_err(local("write anchor"))?;
+        let c = self
+            .store
+            .create_from_dir(h, self.live.dir(), &opts)
+            .map_err(local("create checkpoint"))?;
+        self.retain()?;
+        Ok(c.info.root)
+    }
+
+    fn retain(&mut self) -> Result<(), ImportError> {
+        self.store
+            .prune(self.keep)
+            .map_err(local("prune checkpoints"))?;
+        let kept: std::collections::HashSet<u64> = self
+            .store
+            .list()
+            .map_err(local("list checkpoints"))?
+            .iter()
+            .map(|c| c.height)
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.data.join("anchors")) {
+            for e in rd.flatten() {
+                let h = e.file_name().to_string_lossy().parse::<u64>().ok();
+                if h.is_none_or(|h| !kept.contains(&h)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader's step: builds block head+1 from the generated
+    /// transactions, executes it, checkpoints when due (the header commits
+    /// the root), signs it with `keys` and stores it.
+    pub fn produce(
+        &mut self,
+        keys: &[(u16, ValidatorKey)],
+        time_ms: u64,
+    ) -> Result<Block, ImportError> {
+        let (head, parent) = self.head();
+        let h = head + 1;
+        let txs = self.spec.gen_txs(h);
+        let unsigned = self
+            .spec
+            .produce(parent, h, txs.clone(), Hash::ZERO, time_ms, &[]);
+        self.live.apply(&unsigned).map_err(local("execute"))?;
+        let root = if self.spec.is_checkpoint(h) {
+            // The anchor must be the final block; checkpoint first, then
+            // rewrite the anchor with the signed block.
+            self.live.sync().map_err(local("flush live state"))?;
+            let changes = self.live.take_changes();
+            let opts = CreateOptions {
+                changes: Some(changes),
+                ..CreateOptions::default()
+            };
+            let c = self
+                .store
+                .create_from_dir(h, self.live.dir(), &opts)
+                .map_err(local("create checkpoint"))?;
+            c.info.root
+        } else {
+            Hash::ZERO
+        };
+        let b = self.spec.produce(parent, h, txs, root, time_ms, keys);
+        if self.spec.is_checkpoint(h) {
+            write_durable(&anchor_path(&self.data, h), &b.encode())
+                .map_err(local("write anchor"))?;
+            self.retain()?;
+        }
+        self.blocks
+            .append(std::slice::from_ref(&b), &self.spec.id)?;
+        self.head_hash = b.hash();
+        Ok(b)
+    }
+
+    /// Backfill: verified blocks below `low`, in descending order.
+    pub fn backfill(&mut self, desc: &[Block]) -> Result<(), ImportError> {
+        for b in desc {
+            self.spec.verify(b)?;
+        }
+        self.blocks.prepend(desc)?;
+        Ok(())
+    }
+
+    /// Adopts a state-synced checkpoint: `dir` (verified against
+    /// `manifest`, whose root `anchor` commits) becomes checkpoint
+    /// `anchor.height()`, the block store restarts at `anchor`, and the live
+    /// state at it.
+    pub fn adopt(
+        &mut self,
+        anchor: &Block,
+        dir: &Path,
+        manifest: &Manifest,
+    ) -> Result<(), ImportError> {
+        self.spec.verify(anchor)?;
+        let h = anchor.height();
+        if manifest.root() != anchor.header.state_root {
+            return Err(ImportError::Local(format!(
+                "checkpoint {h}: manifest root {} is not the committed {}",
+                manifest.root(),
+                anchor.header.state_root
+            )));
+        }
+        write_durable(&anchor_path(&self.data, h), &anchor.encode())
+            .map_err(local("write anchor"))?;
+        let info = self
+            .store
+            .adopt(h, dir, manifest)
+            .map_err(local("adopt checkpoint"))?;
+        self.blocks.reset_to(anchor)?;
+        self.live = LiveState::from_checkpoint(
+            &info.path,
+            &self.data.join("live"),
+            StateLayout::of(&self.spec.genesis),
+            h,
+        )
+        .map_err(local("link live state"))?;
+        self.head_hash = anchor.hash();
+        self.retain()?;
+        Ok(())
+    }
+}
+
+fn write_durable(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = p.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, p)
+}

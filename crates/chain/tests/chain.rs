@@ -1,0 +1,299 @@
+//! The reference chain: formats pinned, verification, execution on real
+//! files and a real redb, retention over 100 checkpoints, restart and
+//! backfill.
+
+use statesync_chain::types::{Block, HEADER_LEN, Header, Spec};
+use statesync_chain::{ChainError, Genesis, ImportError, Replica, ValidatorKey};
+use statesync_manifest::Hash;
+use std::path::Path;
+
+fn small(interval: u64) -> (Spec, Vec<(u16, ValidatorKey)>) {
+    let (mut g, keys) = Genesis::demo(4, 7);
+    g.state_files = 8;
+    g.file_size = 64 << 10;
+    g.checkpoint_interval = interval;
+    g.txs_per_block = 50;
+    g.hot_percent = 10;
+    let spec = g.spec().unwrap();
+    let signers: Vec<(u16, ValidatorKey)> = keys
+        .into_iter()
+        .take(3)
+        .enumerate()
+        .map(|(i, k)| (i as u16, k))
+        .collect();
+    (spec, signers)
+}
+
+fn produce(dir: &Path, spec: &Spec, keys: &[(u16, ValidatorKey)], n: u64) -> (Replica, Vec<Block>) {
+    let (mut r, _) = Replica::open(dir, spec.clone()).unwrap();
+    let blocks = (0..n).map(|i| r.produce(keys, 1000 + i).unwrap()).collect();
+    (r, blocks)
+}
+
+#[test]
+fn golden_formats() {
+    let (spec, keys) = small(5);
+    assert_eq!(
+        spec.id.to_hex(),
+        "f0fb0cfb0a817db3daafe29a14c7a50fddff378c4ba06ec52db8c211cc5349e5"
+    );
+    let h = Header {
+        chain: Hash([1; 32]),
+        height: 42,
+        parent: Hash([2; 32]),
+        txs_root: Hash([3; 32]),
+        state_root: Hash([4; 32]),
+        time_ms: 1_700_000_000_000,
+    };
+    let e = h.encode();
+    assert_eq!(e.len(), HEADER_LEN);
+    assert_eq!(e[0], 1);
+    assert_eq!(&e[33..41], &42u64.to_le_bytes());
+    assert_eq!(
+        h.hash().to_hex(),
+        "18753b7415af92585c59a3d04b4f6b2c68183d98435c39125874b10a28fee24a"
+    );
+    assert_eq!(Header::decode(&e).unwrap(), h);
+    let b = spec.produce(spec.id, 1, spec.gen_txs(1), Hash::ZERO, 5, &keys);
+    assert_eq!(
+        blake3::hash(&b.encode()).to_hex().to_string(),
+        "62ae27bc2af2fc7bed0eb1f4b8c9a7f681b1854495a2ae1252cd253aed6d2136"
+    );
+    assert_eq!(Block::decode(&b.encode()).unwrap(), b);
+}
+
+#[test]
+fn decoding_is_bounded_and_strict() {
+    let (spec, keys) = small(5);
+    let b = spec.produce(spec.id, 1, spec.gen_txs(1), Hash::ZERO, 5, &keys);
+    let enc = b.encode();
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..20_000 {
+        let mut m = enc.clone();
+        match i % 3 {
+            0 => {
+                let n = (next() % m.len() as u64) as usize;
+                m.truncate(n);
+            }
+            1 => {
+                let p = (next() % m.len() as u64) as usize;
+                m[p] ^= 1 << (next() % 8);
+            }
+            _ => m = (0..(next() % 400)).map(|_| next() as u8).collect(),
+        }
+        if let Ok(d) = Block::decode(&m) {
+            assert_eq!(d.encode(), m, "non-canonical encoding accepted");
+            if m != enc {
+                assert!(spec.verify(&d).is_err(), "a mutated block still verifies");
+            }
+        }
+    }
+    let mut long = enc.clone();
+    long.push(0);
+    assert!(Block::decode(&long).is_err());
+}
+
+#[test]
+fn finality_needs_a_quorum_of_valid_signatures() {
+    let (spec, keys) = small(5);
+    let b = spec.produce(spec.id, 1, spec.gen_txs(1), Hash::ZERO, 5, &keys);
+    spec.verify(&b).unwrap();
+    let two = spec.produce(spec.id, 1, spec.gen_txs(1), Hash::ZERO, 5, &keys[..2]);
+    assert!(matches!(
+        spec.verify(&two),
+        Err(ChainError::NoQuorum {
+            have: 2,
+            need: 3,
+            ..
+        })
+    ));
+    let mut forged = b.clone();
+    forged.proof.sigs[1].1[5] ^= 1;
+    assert!(matches!(
+        spec.verify(&forged),
+        Err(ChainError::BadSignature { index: 1, .. })
+    ));
+    let mut tampered = b.clone();
+    tampered.txs[0].value[0] ^= 1;
+    assert!(matches!(
+        spec.verify(&tampered),
+        Err(ChainError::TxsRoot { .. })
+    ));
+    let (other, okeys) = {
+        let (g, k) = Genesis::demo(4, 8);
+        (g.spec().unwrap(), k)
+    };
+    let foreign = other.produce(
+        other.id,
+        1,
+        vec![],
+        Hash::ZERO,
+        5,
+        &[
+            (0, okeys[0].clone()),
+            (1, okeys[1].clone()),
+            (2, okeys[2].clone()),
+        ],
+    );
+    assert!(matches!(
+        spec.verify(&foreign),
+        Err(ChainError::WrongChain { .. })
+    ));
+    let stray = spec.produce(spec.id, 1, vec![], Hash([9; 32]), 5, &keys);
+    assert!(matches!(
+        spec.verify(&stray),
+        Err(ChainError::StrayStateRoot { .. })
+    ));
+    // Duplicate signer indices cannot fake a quorum.
+    let mut dup = b.clone();
+    dup.proof.sigs[2] = dup.proof.sigs[1];
+    assert!(spec.verify(&dup).is_err());
+}
+
+#[test]
+fn a_follower_reaches_the_same_state_and_roots() {
+    let t = tempfile::tempdir().unwrap();
+    let (spec, keys) = small(5);
+    let (leader, blocks) = produce(&t.path().join("a"), &spec, &keys, 23);
+    let (mut f, rep) = Replica::open(&t.path().join("b"), spec.clone()).unwrap();
+    assert!(rep.generated_genesis);
+    f.checkpoint_every = true;
+    // In batches of 7, with one overlapping re-import.
+    let mut i = 0;
+    while i < blocks.len() {
+        let end = (i + 7).min(blocks.len());
+        let from = i.saturating_sub(1);
+        let r = f.import(&blocks[from..end]).unwrap();
+        for (h, root) in &r.checkpoints {
+            assert_eq!(*root, blocks[*h as usize - 1].header.state_root.to_hex());
+        }
+        i = end;
+    }
+    assert_eq!(f.head(), leader.head());
+    // A block that does not attach is the sender's fault.
+    let (other_leader, other) = produce(&t.path().join("c"), &small(5).0, &keys, 1);
+    drop(other_leader);
+    let _ = other;
+    let mut bad = blocks[22].clone();
+    bad.header.parent = Hash([7; 32]);
+    assert!(matches!(f.import(&[bad]), Err(ImportError::Bad(_))));
+    // Restart: live state rebuilt from the latest checkpoint plus replay.
+    drop(f);
+    let (f2, rep) = Replica::open(&t.path().join("b"), spec.clone()).unwrap();
+    assert_eq!(rep.checkpoint, 20);
+    assert_eq!(rep.replayed, 3);
+    assert_eq!(f2.head(), leader.head());
+    let same = statesync_manifest::verify_dir(
+        &f2.store.state_dir(20),
+        &f2.store.load_manifest(20).unwrap(),
+        None,
+    );
+    assert!(same.is_ok());
+}
+
+#[test]
+fn a_hundred_checkpoints_leak_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (spec, keys) = small(1);
+    let (r, _) = produce(&t.path().join("a"), &spec, &keys, 100);
+    let cps = r.store.list().unwrap();
+    assert_eq!(
+        cps.len(),
+        3,
+        "{:?}",
+        cps.iter().map(|c| c.height).collect::<Vec<_>>()
+    );
+    assert_eq!(cps.last().unwrap().height, 100);
+    let anchors = std::fs::read_dir(t.path().join("a/anchors"))
+        .unwrap()
+        .count();
+    assert_eq!(anchors, 3);
+    for d in ["store/staging", "store/trash"] {
+        let p = t.path().join("a").join(d);
+        if p.exists() {
+            let left: Vec<_> = std::fs::read_dir(&p).unwrap().collect();
+            assert!(left.is_empty(), "{d} holds {left:?}");
+        }
+    }
+    // Disk: live + 3 checkpoints sharing unchanged files, well under 5 states.
+    let du = dir_bytes(&t.path().join("a/store")) + dir_bytes(&t.path().join("a/live"));
+    assert!(du < 5 * r.state_bytes(), "{du} bytes on disk");
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else if seen.insert(md.ino()) {
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn state_sync_adoption_then_backfill() {
+    let t = tempfile::tempdir().unwrap();
+    let (spec, keys) = small(5);
+    let (leader, blocks) = produce(&t.path().join("a"), &spec, &keys, 20);
+    // The joiner receives checkpoint 20 by state sync (a copy here).
+    let copy = t.path().join("b-incoming");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in statesync_manifest::build::scan(&leader.store.state_dir(20)).unwrap() {
+        let to = copy.join(&f.path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f.abs, &to).unwrap();
+    }
+    std::fs::create_dir_all(t.path().join("b")).unwrap();
+    let (mut b, _) = Replica::open(&t.path().join("b"), spec.clone()).unwrap();
+    let m = leader.store.load_manifest(20).unwrap();
+    b.adopt(&blocks[19], &copy, &m).unwrap();
+    assert_eq!(b.head(), leader.head());
+    assert_eq!(b.low(), 20);
+    // A forged history is rejected, the real one accepted, to genesis.
+    let desc: Vec<Block> = blocks[..19].iter().rev().cloned().collect();
+    let mut forged = desc[..5].to_vec();
+    forged[2].txs.clear();
+    assert!(b.backfill(&forged).is_err());
+    assert_eq!(b.low(), 20);
+    b.backfill(&desc[..10]).unwrap();
+    assert_eq!(b.low(), 10);
+    drop(b);
+    let (mut b, rep) = Replica::open(&t.path().join("b"), spec.clone()).unwrap();
+    assert_eq!(rep.low, 10, "backfill pointer survives a restart");
+    b.backfill(&desc[10..]).unwrap();
+    assert_eq!(b.low(), 1);
+    // And the joiner continues forward.
+    let (mut leader, _) = (leader, ());
+    let more: Vec<Block> = (0..5)
+        .map(|i| leader.produce(&keys, 2000 + i).unwrap())
+        .collect();
+    b.import(&more).unwrap();
+    assert_eq!(b.head(), leader.head());
+}
+
+#[test]
+fn an_unanchored_checkpoint_is_dropped_on_open() {
+    let t = tempfile::tempdir().unwrap();
+    let (spec, keys) = small(5);
+    let (r, _) = produce(&t.path().join("a"), &spec, &keys, 12);
+    drop(r);
+    // Crash between checkpoint 10 and its anchor.
+    std::fs::remove_file(t.path().join("a/anchors").join(format!("{:020}", 10))).unwrap();
+    let (r, rep) = Replica::open(&t.path().join("a"), spec.clone()).unwrap();
+    assert_eq!(rep.checkpoint, 5);
+    assert_eq!(r.head().0, 12);
+}
