@@ -64,8 +64,8 @@ pub struct ImportReport {
 pub struct Replica {
     pub spec: Spec,
     pub store: Store,
-    pub blocks: BlockStore,
-    live: LiveState,
+    pub blocks: std::sync::Arc<BlockStore>,
+    live: Option<LiveState>,
     data: PathBuf,
     /// Checkpoints kept by retention (pins and serving leases come on top).
     pub keep: usize,
@@ -80,7 +80,19 @@ fn anchor_path(data: &Path, h: u64) -> PathBuf {
 }
 
 impl Replica {
+    /// Opens (or creates) a replica. Without a checkpoint on disk, the
+    /// genesis state is generated when `create_genesis`; otherwise the
+    /// replica has no state until [`Replica::adopt`] or
+    /// [`Replica::init_genesis`].
     pub fn open(data: &Path, spec: Spec) -> Result<(Replica, OpenReport), ImportError> {
+        Replica::open_with(data, spec, true)
+    }
+
+    pub fn open_with(
+        data: &Path,
+        spec: Spec,
+        create_genesis: bool,
+    ) -> Result<(Replica, OpenReport), ImportError> {
         std::fs::create_dir_all(data.join("anchors")).map_err(local("create data dir"))?;
         let (store, _) = Store::open(data.join("store")).map_err(local("open checkpoint store"))?;
         let blocks = BlockStore::open(&data.join("blocks.redb"))?;
@@ -101,6 +113,20 @@ impl Replica {
         let bounds = blocks.bounds()?;
         let latest = match latest {
             Some(c) => c,
+            None if !create_genesis => {
+                blocks.clear()?;
+                let r = Replica {
+                    head_hash: spec.id,
+                    spec,
+                    store,
+                    blocks: std::sync::Arc::new(blocks),
+                    live: None,
+                    data: data.to_path_buf(),
+                    keep: 3,
+                    checkpoint_every: false,
+                };
+                return Ok((r, rep));
+            }
             None => {
                 // No checkpoint: genesis. Blocks above it only make sense
                 // if they start at 1.
@@ -153,8 +179,8 @@ impl Replica {
             head_hash: spec.id,
             spec,
             store,
-            blocks,
-            live,
+            blocks: std::sync::Arc::new(blocks),
+            live: Some(live),
             data: data.to_path_buf(),
             keep: 3,
             checkpoint_every: false,
@@ -177,7 +203,7 @@ impl Replica {
                 rep.replayed += batch.len() as u64;
                 h = end + 1;
             }
-            if let Some(b) = r.blocks.get(r.live.height())? {
+            if let Some(b) = r.blocks.get(r.head().0)? {
                 r.head_hash = b.hash();
             }
         }
@@ -190,9 +216,48 @@ impl Replica {
         &self.data
     }
 
-    /// Executed head: height and block hash (genesis: 0 and the chain id).
+    /// Executed head: height and block hash (genesis, or no state: 0 and
+    /// the chain id).
     pub fn head(&self) -> (u64, Hash) {
-        (self.live.height(), self.head_hash)
+        (self.live.as_ref().map_or(0, |l| l.height()), self.head_hash)
+    }
+
+    /// Whether there is a state to execute on.
+    pub fn has_state(&self) -> bool {
+        self.live.is_some()
+    }
+
+    fn live(&mut self) -> Result<&mut LiveState, ImportError> {
+        self.live
+            .as_mut()
+            .ok_or_else(|| ImportError::Local("no state yet: state sync or genesis first".into()))
+    }
+
+    /// Generates the genesis state on a replica opened without it (to replay
+    /// from block 1).
+    pub fn init_genesis(&mut self) -> Result<(), ImportError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let data = self.data.clone();
+        let layout = StateLayout::of(&self.spec.genesis);
+        let tmp = data.join("genesis.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        layout
+            .generate(&tmp, self.spec.genesis.seed)
+            .map_err(local("generate genesis state"))?;
+        let c = self
+            .store
+            .create_from_dir(0, &tmp, &CreateOptions::default())
+            .map_err(local("create genesis checkpoint"))?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        self.blocks.clear()?;
+        self.live = Some(
+            LiveState::from_checkpoint(&c.info.path, &data.join("live"), layout, 0)
+                .map_err(local("link live state"))?,
+        );
+        self.head_hash = self.spec.id;
+        Ok(())
     }
 
     /// The backfill pointer: lowest stored block with unbroken ancestry (1
@@ -214,7 +279,7 @@ impl Replica {
         for b in blocks {
             self.spec.verify(b)?;
         }
-        let head = self.live.height();
+        let head = self.live()?.height();
         let new: Vec<Block> = blocks
             .iter()
             .filter(|b| b.height() > head)
@@ -263,7 +328,7 @@ impl Replica {
             .map(|b| b.height());
         for b in blocks {
             let t = Instant::now();
-            self.live.apply(b).map_err(local("execute"))?;
+            self.live()?.apply(b).map_err(local("execute"))?;
             rep.exec_secs += t.elapsed().as_secs_f64();
             rep.imported += 1;
             self.head_hash = b.hash();
@@ -290,8 +355,10 @@ impl Replica {
     /// incrementally from the change set, and applies retention.
     fn checkpoint(&mut self, b: &Block) -> Result<Hash, ImportError> {
         let h = b.height();
-        self.live.sync().map_err(local("flush live state"))?;
-        let changes = self.live.take_changes();
+        let live = self.live()?;
+        live.sync().map_err(local("flush live state"))?;
+        let changes = live.take_changes();
+        let dir = live.dir().to_path_buf();
         let opts = CreateOptions {
             changes: Some(changes),
             ..CreateOptions::default()
@@ -299,7 +366,7 @@ impl Replica {
         write_durable(&anchor_path(&self.data, h), &b.encode()).map_err(local("write anchor"))?;
         let c = self
             .store
-            .create_from_dir(h, self.live.dir(), &opts)
+            .create_from_dir(h, &dir, &opts)
             .map_err(local("create checkpoint"))?;
         self.retain()?;
         Ok(c.info.root)
@@ -341,19 +408,21 @@ impl Replica {
         let unsigned = self
             .spec
             .produce(parent, h, txs.clone(), Hash::ZERO, time_ms, &[]);
-        self.live.apply(&unsigned).map_err(local("execute"))?;
+        self.live()?.apply(&unsigned).map_err(local("execute"))?;
         let root = if self.spec.is_checkpoint(h) {
             // The anchor must be the final block; checkpoint first, then
             // rewrite the anchor with the signed block.
-            self.live.sync().map_err(local("flush live state"))?;
-            let changes = self.live.take_changes();
+            let live = self.live()?;
+            live.sync().map_err(local("flush live state"))?;
+            let changes = live.take_changes();
+            let dir = live.dir().to_path_buf();
             let opts = CreateOptions {
                 changes: Some(changes),
                 ..CreateOptions::default()
             };
             let c = self
                 .store
-                .create_from_dir(h, self.live.dir(), &opts)
+                .create_from_dir(h, &dir, &opts)
                 .map_err(local("create checkpoint"))?;
             c.info.root
         } else {
@@ -406,13 +475,15 @@ impl Replica {
             .adopt(h, dir, manifest)
             .map_err(local("adopt checkpoint"))?;
         self.blocks.reset_to(anchor)?;
-        self.live = LiveState::from_checkpoint(
-            &info.path,
-            &self.data.join("live"),
-            StateLayout::of(&self.spec.genesis),
-            h,
-        )
-        .map_err(local("link live state"))?;
+        self.live = Some(
+            LiveState::from_checkpoint(
+                &info.path,
+                &self.data.join("live"),
+                StateLayout::of(&self.spec.genesis),
+                h,
+            )
+            .map_err(local("link live state"))?,
+        );
         self.head_hash = anchor.hash();
         self.retain()?;
         Ok(())

@@ -73,7 +73,8 @@ pub struct Genesis {
     /// Target block time of the leader.
     pub block_ms: u64,
     pub txs_per_block: u32,
-    /// Percent of the keyspace (from its start) that receives 99% of writes.
+    /// Percent of the keyspace (from its start) that receives 99.9% of the
+    /// writes; the rest go anywhere.
     pub hot_percent: u32,
 }
 
@@ -245,7 +246,7 @@ impl Spec {
                 rng.fill(&mut buf);
                 let r = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
                 let sel = buf[8] as u32 * 256 + buf[9] as u32; // 0..65536
-                let key = if sel < 655 { r % slots } else { r % hot };
+                let key = if sel < 66 { r % slots } else { r % hot };
                 let len = 8 + (buf[10] as usize % 24);
                 let mut value = Vec::with_capacity(len);
                 value.extend_from_slice(&height.to_le_bytes());
@@ -522,5 +523,17 @@ impl Block {
             proof: FinalityProof { sigs },
             txs,
         })
+    }
+}
+
+impl statesync_engine::range::BlockInfo for Block {
+    fn height(&self) -> u64 {
+        self.header.height
+    }
+    fn hash(&self) -> [u8; 32] {
+        self.header.hash().0
+    }
+    fn parent(&self) -> [u8; 32] {
+        self.header.parent.0
     }
 }

@@ -3,11 +3,88 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use statesync_proto::{MAX_REQUEST_LEN, MAX_RESPONSE_LEN, Request, Response, check_frame_len};
+use statesync_proto::blocks::{
+    BlockRequest, BlockResponse, MAX_BLOCKS_REQUEST_LEN, MAX_BLOCKS_RESPONSE_LEN,
+};
+use statesync_proto::{
+    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, ProtoError, Request, Response, check_frame_len,
+};
 use std::io;
+use std::marker::PhantomData;
 
-#[derive(Clone, Default)]
-pub struct StateCodec;
+/// A protocol's messages and their per-direction size limits.
+pub trait Messages: Send + Sync + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    const MAX_REQ: usize;
+    const MAX_RESP: usize;
+    fn encode_req(r: &Self::Req) -> Vec<u8>;
+    fn decode_req(b: &[u8]) -> Result<Self::Req, ProtoError>;
+    fn encode_resp(r: &Self::Resp) -> Vec<u8>;
+    fn decode_resp(b: &[u8]) -> Result<Self::Resp, ProtoError>;
+}
+
+/// `/statesync/state/1`.
+pub struct StateMessages;
+
+impl Messages for StateMessages {
+    type Req = Request;
+    type Resp = Response;
+    const MAX_REQ: usize = MAX_REQUEST_LEN;
+    const MAX_RESP: usize = MAX_RESPONSE_LEN;
+    fn encode_req(r: &Request) -> Vec<u8> {
+        r.encode()
+    }
+    fn decode_req(b: &[u8]) -> Result<Request, ProtoError> {
+        Request::decode(b)
+    }
+    fn encode_resp(r: &Response) -> Vec<u8> {
+        r.encode()
+    }
+    fn decode_resp(b: &[u8]) -> Result<Response, ProtoError> {
+        Response::decode(b)
+    }
+}
+
+/// `/statesync/blocks/1`.
+pub struct BlockMessages;
+
+impl Messages for BlockMessages {
+    type Req = BlockRequest;
+    type Resp = BlockResponse;
+    const MAX_REQ: usize = MAX_BLOCKS_REQUEST_LEN;
+    const MAX_RESP: usize = MAX_BLOCKS_RESPONSE_LEN;
+    fn encode_req(r: &BlockRequest) -> Vec<u8> {
+        r.encode()
+    }
+    fn decode_req(b: &[u8]) -> Result<BlockRequest, ProtoError> {
+        BlockRequest::decode(b)
+    }
+    fn encode_resp(r: &BlockResponse) -> Vec<u8> {
+        r.encode()
+    }
+    fn decode_resp(b: &[u8]) -> Result<BlockResponse, ProtoError> {
+        BlockResponse::decode(b)
+    }
+}
+
+/// Length-prefixed framing for any [`Messages`].
+pub struct FramedCodec<M>(PhantomData<M>);
+
+impl<M> Clone for FramedCodec<M> {
+    fn clone(&self) -> Self {
+        FramedCodec(PhantomData)
+    }
+}
+
+impl<M> Default for FramedCodec<M> {
+    fn default() -> Self {
+        FramedCodec(PhantomData)
+    }
+}
+
+pub type StateCodec = FramedCodec<StateMessages>;
+pub type BlocksCodec = FramedCodec<BlockMessages>;
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
@@ -29,48 +106,48 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 }
 
 #[async_trait::async_trait]
-impl libp2p::request_response::Codec for StateCodec {
+impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
     type Protocol = StreamProtocol;
-    type Request = Request;
-    type Response = Response;
+    type Request = M::Req;
+    type Response = M::Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<M::Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_frame(io, MAX_REQUEST_LEN).await?;
-        Request::decode(&buf).map_err(invalid)
+        let buf = read_frame(io, M::MAX_REQ).await?;
+        M::decode_req(&buf).map_err(invalid)
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<M::Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_frame(io, MAX_RESPONSE_LEN).await?;
-        Response::decode(&buf).map_err(invalid)
+        let buf = read_frame(io, M::MAX_RESP).await?;
+        M::decode_resp(&buf).map_err(invalid)
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Request,
+        req: M::Req,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req.encode()).await
+        write_frame(io, &M::encode_req(&req)).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Response,
+        res: M::Resp,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res.encode()).await
+        write_frame(io, &M::encode_resp(&res)).await
     }
 }

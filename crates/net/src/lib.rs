@@ -1,8 +1,9 @@
 //! The libp2p layer of statesync.
 //!
 //! - Transports: TCP + noise + yamux (bulk, the default) and QUIC.
-//! - Protocols: `/statesync/state/1` (request/response, one stream per
-//!   request, framed and bounded by `statesync-proto`), identify, ping,
+//! - Protocols: `/statesync/state/1` and `/statesync/blocks/1`
+//!   (request/response, one stream per request, framed and bounded by
+//!   `statesync-proto`), identify, ping,
 //!   Kademlia for discovery.
 //! - [`OnePerPeer`]: when two nodes dial each other at once, both keep the
 //!   same single connection (the one dialed by the smaller peer id) and close
@@ -12,7 +13,7 @@
 mod codec;
 mod one_per_peer;
 
-pub use codec::StateCodec;
+pub use codec::{BlocksCodec, StateCodec};
 pub use libp2p;
 pub use one_per_peer::OnePerPeer;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub state: request_response::Behaviour<StateCodec>,
+    pub blocks: request_response::Behaviour<BlocksCodec>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -122,7 +124,16 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
                         StreamProtocol::new(statesync_proto::PROTOCOL),
                         request_response::ProtocolSupport::Full,
                     )],
-                    rr_cfg,
+                    rr_cfg.clone(),
+                ),
+                blocks: request_response::Behaviour::new(
+                    [(
+                        StreamProtocol::new(statesync_proto::blocks::BLOCKS_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(64),
                 ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/statesync/id/1".into(),

@@ -2,7 +2,9 @@
 
 mod bench;
 mod bench_sync;
+mod chain_node;
 mod demo;
+mod fetch_driver;
 mod p2p;
 mod serve;
 mod session;
@@ -132,6 +134,11 @@ enum Cmd {
         #[arg(long, hide = true)]
         commit_mib: Option<u64>,
     },
+    /// Write a chain's genesis (and demo validator keys) into a directory.
+    Genesis(GenesisArgs),
+    /// Run a node of the reference chain: produce or follow blocks, serve
+    /// blocks and checkpoints, catch up by replay or state sync.
+    Node(NodeArgs),
     /// Print this node's peer id (creating its identity if needed).
     Id {
         #[arg(long)]
@@ -180,6 +187,224 @@ impl NetArgs {
             status_file: self.status_file.clone(),
         })
     }
+}
+
+#[derive(Args, Clone)]
+pub struct GenesisArgs {
+    /// Directory for genesis.json and validator-<i>.key files.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    validators: u32,
+    /// State size in MiB (files of --file-kib each).
+    #[arg(long, default_value_t = 64)]
+    state_mib: u64,
+    #[arg(long, default_value_t = 1024)]
+    file_kib: u32,
+    #[arg(long, default_value_t = 10)]
+    checkpoint_interval: u64,
+    #[arg(long, default_value_t = 200)]
+    block_ms: u64,
+    #[arg(long, default_value_t = 200)]
+    txs_per_block: u32,
+    /// Percent of the keyspace receiving 99% of the writes.
+    #[arg(long, default_value_t = 5)]
+    hot_percent: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Writes a genesis and its demo keys; returns the genesis path.
+pub fn write_genesis(a: &GenesisArgs) -> Result<PathBuf> {
+    let (mut g, keys) = statesync_chain::Genesis::demo(a.validators, a.seed);
+    g.file_size = a.file_kib * 1024;
+    g.state_files = ((a.state_mib << 20) / u64::from(g.file_size)).max(1) as u32;
+    g.checkpoint_interval = a.checkpoint_interval;
+    g.block_ms = a.block_ms;
+    g.txs_per_block = a.txs_per_block;
+    g.hot_percent = a.hot_percent;
+    g.spec()?;
+    std::fs::create_dir_all(&a.out)?;
+    let path = a.out.join("genesis.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&g)?)?;
+    for (i, k) in keys.iter().enumerate() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = a.out.join(format!("validator-{i}.key"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&p)?;
+        std::io::Write::write_all(&mut f, k.secret_hex().as_bytes())?;
+    }
+    Ok(path)
+}
+
+#[derive(Args, Clone, Default)]
+pub struct NodeArgs {
+    /// A JSON file with any of these options (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The chain's genesis.json.
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// Data directory (identity, blocks, checkpoints, live state).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    listen: Vec<String>,
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// validator (produces blocks with its keys) or follower.
+    #[arg(long)]
+    role: Option<String>,
+    /// Validator key files (a producing node needs a quorum of them).
+    #[arg(long = "validator-key")]
+    validator_keys: Vec<PathBuf>,
+    /// Checkpoints kept by retention.
+    #[arg(long)]
+    keep: Option<usize>,
+    /// Backfill history down to this height (0: no backfill).
+    #[arg(long)]
+    horizon: Option<u64>,
+    /// Without local state, replay from genesis when that is the better plan.
+    #[arg(long)]
+    replay_from_genesis: bool,
+    /// Exit after following the head for this many seconds (demo, tests).
+    #[arg(long)]
+    exit_after_following: Option<f64>,
+    /// Stop producing at this height.
+    #[arg(long)]
+    stop_at: Option<u64>,
+    /// Write a JSON-lines timeline here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Serving limits: MiB/s per peer and overall, requests at once per peer.
+    #[arg(long)]
+    peer_rate_mib: Option<u64>,
+    #[arg(long)]
+    global_rate_mib: Option<u64>,
+    #[arg(long)]
+    max_concurrent: Option<usize>,
+    /// Move a running state sync to a newer checkpoint when replaying the
+    /// blocks in between would take longer than this many seconds.
+    #[arg(long)]
+    switch_after_secs: Option<f64>,
+    /// Blocks per range-sync request.
+    #[arg(long)]
+    batch_size: Option<u64>,
+    /// Catch-up plan: decided by measured rates, or forced.
+    #[arg(long, value_enum)]
+    catch_up: Option<chain_node::CatchUp>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    genesis: Option<PathBuf>,
+    data: Option<PathBuf>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    role: Option<String>,
+    #[serde(default)]
+    validator_keys: Vec<PathBuf>,
+    keep: Option<usize>,
+    horizon: Option<u64>,
+    replay_from_genesis: Option<bool>,
+    peer_rate_mib: Option<u64>,
+    global_rate_mib: Option<u64>,
+    max_concurrent: Option<usize>,
+    switch_after_secs: Option<f64>,
+    batch_size: Option<u64>,
+}
+
+pub fn run_node(a: NodeArgs, json: bool, quiet: bool) -> Result<ExitCode> {
+    let file: NodeFile = match &a.config {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).map_err(|e| format!("read {}: {e}", p.display()))?,
+        )
+        .map_err(|e| format!("config {}: {e}", p.display()))?,
+        None => NodeFile::default(),
+    };
+    let genesis_path = a
+        .genesis
+        .or(file.genesis)
+        .ok_or("--genesis (or \"genesis\" in --config) is required")?;
+    let data = a
+        .data
+        .or(file.data)
+        .ok_or("--data (or \"data\" in --config) is required")?;
+    let genesis = statesync_chain::Genesis::load(&genesis_path)?;
+    let role = a.role.or(file.role).unwrap_or_else(|| "follower".into());
+    let produce = match role.as_str() {
+        "validator" => true,
+        "follower" => false,
+        r => return Err(format!("--role {r:?}: validator or follower").into()),
+    };
+    let key_files = if a.validator_keys.is_empty() {
+        file.validator_keys
+    } else {
+        a.validator_keys
+    };
+    let mut keys = Vec::new();
+    for k in &key_files {
+        keys.push(statesync_chain::ValidatorKey::load(k)?);
+    }
+    let mut setup = chain_node::ChainSetup::new(genesis);
+    setup.keys = keys;
+    setup.produce = produce;
+    setup.keep = a.keep.or(file.keep).unwrap_or(3).max(1);
+    setup.horizon = a.horizon.or(file.horizon).unwrap_or(1);
+    setup.replay_from_genesis = a.replay_from_genesis || file.replay_from_genesis.unwrap_or(false);
+    setup.exit_after_following = a
+        .exit_after_following
+        .map(std::time::Duration::from_secs_f64);
+    setup.stop_at = a.stop_at;
+    setup.report = a.report;
+    setup.limits = p2p::limits(
+        a.peer_rate_mib.or(file.peer_rate_mib).unwrap_or(512),
+        a.global_rate_mib.or(file.global_rate_mib).unwrap_or(2048),
+        a.max_concurrent.or(file.max_concurrent).unwrap_or(16),
+    );
+    if let Some(s) = a.switch_after_secs.or(file.switch_after_secs) {
+        setup.switch_after_secs = s;
+    }
+    if let Some(c) = a.catch_up {
+        setup.catch_up = c;
+    }
+    if let Some(b) = a.batch_size.or(file.batch_size) {
+        setup.range.batch_size = b.clamp(
+            1,
+            u64::from(statesync_proto::blocks::MAX_BLOCKS_PER_REQUEST),
+        );
+    }
+    let net = NetArgs {
+        data,
+        listen: if a.listen.is_empty() {
+            file.listen
+        } else {
+            a.listen
+        },
+        peers: if a.peers.is_empty() {
+            file.peers
+        } else {
+            a.peers
+        },
+        addr_file: a.addr_file,
+        min_peers: 8,
+        max_peers: 64,
+        status_file: a.status_file,
+    };
+    let cfg = net.cfg(json, quiet)?;
+    std::fs::create_dir_all(&cfg.data)?;
+    runtime()?.block_on(p2p::run(cfg, None, None, None, Some(setup)))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -752,6 +977,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Checkpoint(c) => return checkpoint(c, json, bars),
         Cmd::Bench(b) => return bench::run(b, json),
         Cmd::Demo(a) => return demo::run(a, json),
+        Cmd::Genesis(a) => {
+            let p = write_genesis(&a)?;
+            println!("{}", p.display());
+        }
+        Cmd::Node(a) => return run_node(a, json, quiet),
         Cmd::Id { data } => {
             let kp = statesync_net::load_or_create_identity(&data.join("identity.key"))?;
             println!("{}", kp.public().to_peer_id());
@@ -770,7 +1000,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 p2p::limits(peer_rate_mib, global_rate_mib, max_concurrent),
             );
             let cfg = net.cfg(json, quiet)?;
-            return runtime()?.block_on(p2p::run(cfg, Some(server), None, fault));
+            return runtime()?.block_on(p2p::run(cfg, Some(server), None, fault, None));
         }
         Cmd::Fetch {
             root,
@@ -823,7 +1053,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 full_verify,
             };
             let cfg = net.cfg(json, quiet)?;
-            return runtime()?.block_on(p2p::run(cfg, None, Some(job), None));
+            return runtime()?.block_on(p2p::run(cfg, None, Some(job), None, None));
         }
     }
     Ok(ExitCode::SUCCESS)

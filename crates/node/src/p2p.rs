@@ -3,13 +3,13 @@
 //! decisions are made by the sans-IO cores (`statesync_engine`); this file
 //! moves bytes between them, the network and the disk.
 
+use crate::chain_node::{ChainMsg, ChainNode, ChainSetup, Ctx};
+use crate::fetch_driver::{FetchDriver, FetchMsg};
 use crate::serve::{ServeLimits, Server};
-use crate::session::{self, LocalReport, Staging, Writer};
+use crate::session::LocalReport;
 use crate::ui;
 use futures::StreamExt;
-use statesync_engine::fetch::{Action, Ask, Config as FetchConfig, Failure, Fetch};
 use statesync_engine::peers::{PeerAction, PeerManager, PeerManagerConfig};
-use statesync_manifest::diff::LocalSource;
 use statesync_manifest::format::Manifest;
 use statesync_manifest::hash::Hash;
 use statesync_net::libp2p::identity::{Keypair, PublicKey};
@@ -18,11 +18,11 @@ use statesync_net::libp2p::request_response::{self, OutboundRequestId, ResponseC
 use statesync_net::libp2p::swarm::SwarmEvent;
 use statesync_net::libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use statesync_net::{Behaviour, BehaviourEvent, NetConfig};
+use statesync_proto::blocks::BlockResponse;
 use statesync_proto::{Advert, Request, Response, SignedAdvert};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -45,6 +45,7 @@ pub struct NodeCfg {
 }
 
 /// A state sync to run.
+#[derive(Clone)]
 pub struct FetchJob {
     pub root: Hash,
     pub out: PathBuf,
@@ -90,35 +91,23 @@ pub struct FetchSummary {
     pub rejected_chunks: u64,
 }
 
-enum Pending {
+pub enum Pending {
     Advert(PeerId),
-    Fetch(u64),
+    Fetch { generation: u64, id: u64 },
     Announce,
 }
 
-enum LoopMsg {
+pub enum LoopMsg {
     Served {
         peer: PeerId,
         channel: ResponseChannel<Response>,
         resp: Response,
     },
-    Planned(Result<(Vec<u64>, LocalReport)>),
-    Written {
-        id: u64,
-        results: Vec<(u64, std::result::Result<(), String>)>,
-        bytes: u64,
+    Fetch {
+        generation: u64,
+        msg: Box<FetchMsg>,
     },
-    Flushed(std::result::Result<(), String>),
-    Promoted(Result<()>),
-    LocalFailure(String),
-}
-
-enum WriteJob {
-    Chunks {
-        id: u64,
-        chunks: Vec<(u64, Vec<u8>)>,
-    },
-    Flush,
+    Chain(ChainMsg),
 }
 
 fn peer_public_key(p: &PeerId) -> Option<PublicKey> {
@@ -147,28 +136,21 @@ fn verify_advert(peer: &PeerId, sa: &SignedAdvert) -> Option<Advert> {
     Advert::decode(&sa.body).ok()
 }
 
-fn ask_to_request(root: Hash, ask: Ask) -> Request {
-    match ask {
-        Ask::Header => Request::GetHeader { root },
-        Ask::FilePiece(index) => Request::GetFilePiece { root, index },
-        Ask::ChunkPiece(index) => Request::GetChunkPiece { root, index },
-        Ask::Chunks(indices) => Request::GetChunks { root, indices },
-    }
-}
-
 fn log(cfg: &NodeCfg, msg: impl AsRef<str>) {
     if !cfg.quiet {
         eprintln!("{}", msg.as_ref());
     }
 }
 
-/// Runs a node: serves `server` (if any) and performs `job` (if any). Returns
-/// when the job is done, or on SIGTERM/SIGINT.
+/// Runs a node: serves `server` (if any), performs `job` (if any) and runs
+/// the chain (if any). Returns when the job is done (or the chain's exit
+/// condition is met), or on SIGTERM/SIGINT.
 pub async fn run(
     cfg: NodeCfg,
     mut server: Option<Server>,
     job: Option<FetchJob>,
     fault: Option<Fault>,
+    chain_setup: Option<ChainSetup>,
 ) -> Result<ExitCode> {
     let kp = statesync_net::load_or_create_identity(&cfg.data.join("identity.key"))?;
     let local_id = kp.public().to_peer_id();
@@ -197,6 +179,19 @@ pub async fn run(
         swarm.behaviour_mut().kad.add_address(&pid, a.clone());
         peers.add_known(pid, a.clone(), true, start);
     }
+    let (tx, mut rx) = mpsc::unbounded_channel::<LoopMsg>();
+    let mut chain = match chain_setup {
+        Some(setup) => {
+            let limits = setup.limits.clone();
+            let c = ChainNode::start(&cfg, setup, tx.clone())?;
+            if server.is_none() {
+                let (store, _) = statesync_store::Store::open(c.store_path())?;
+                server = Some(Server::new(Some(store), limits));
+            }
+            Some(c)
+        }
+        None => None,
+    };
     if let Some(s) = server.as_mut() {
         s.refresh(true);
         if fault == Some(Fault::Traversal) {
@@ -211,183 +206,59 @@ pub async fn run(
         }
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<LoopMsg>();
     let mut pending: HashMap<OutboundRequestId, Pending> = HashMap::new();
     let mut silent_channels = Vec::new();
-    let mut adverts: HashMap<PeerId, u64> = HashMap::new();
+    let mut adverts: HashMap<PeerId, Advert> = HashMap::new();
     let mut connected: HashSet<PeerId> = HashSet::new();
     let mut addr_written = false;
-
-    // Fetch state.
-    let mut fetch: Option<Fetch<PeerId>> = None;
-    let mut staging: Option<Arc<Staging>> = None;
-    let mut manifest: Option<Arc<Manifest>> = None;
-    let mut writer_tx: Option<std::sync::mpsc::Sender<WriteJob>> = None;
-    let mut summary = FetchSummary::default();
-    let mut received = 0u64;
-    let mut finishing = false;
-    let mut promoting = false;
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut seed_dirs: Vec<(PathBuf, Manifest)> = Vec::new();
-    if let Some(j) = &job {
-        let st = Arc::new(Staging::open(&cfg.data, j.root)?);
-        if let Some((dir, old)) = &j.in_place {
-            st.consume_in_place(dir, old)?;
-            log(
-                &cfg,
-                format!("in place: consumed {} as the starting point", dir.display()),
-            );
-        }
-        let seed = u64::from_le_bytes(local_id.to_bytes()[..8].try_into().unwrap_or([7; 8]));
-        let mut fcfg = FetchConfig::default();
-        if let Some(w) = j.max_window {
-            fcfg.max_window = w;
-            fcfg.initial_window = fcfg.initial_window.min(w);
-            fcfg.max_batch_bytes = fcfg.max_batch_bytes.min(w);
-        }
-        let f = match st.saved_manifest() {
-            Some(m) => {
-                log(
-                    &cfg,
-                    format!("resuming sync of {} (manifest already fetched)", j.root),
-                );
-                Fetch::with_manifest(j.root, seed, fcfg, m)
-            }
-            None => Fetch::new(j.root, seed, fcfg),
-        };
-        fetch = Some(f);
-        staging = Some(st);
-        summary.root = j.root.to_hex();
-        summary.out = j.out.clone();
-        seed_dirs = j
-            .seeds
-            .iter()
-            .map(|(d, m)| (d.clone(), m.clone()))
-            .collect();
-        if !cfg.quiet && !cfg.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            let pb = indicatif::ProgressBar::new(0);
-            if let Ok(st) = indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                pb.set_style(st.progress_chars("=> "));
-            }
-            bar = Some(pb);
-        }
-    }
-    let root = job.as_ref().map(|j| j.root);
-    let crash_after = job.as_ref().and_then(|j| j.crash_after_bytes);
-    let commit_bytes = job.as_ref().and_then(|j| j.commit_bytes);
+    let mut generation = 0u64;
+    let mut fetch: Option<FetchDriver> = match job {
+        Some(j) => Some(FetchDriver::start(
+            cfg.data.clone(),
+            cfg.quiet,
+            cfg.json,
+            j,
+            local_id,
+            generation,
+            tx.clone(),
+        )?),
+        None => None,
+    };
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_log = Instant::now();
     let mut last_advert_poll = Instant::now();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     loop {
         // 1. Scheduler actions.
-        if let Some(f) = fetch.as_mut() {
-            let now = Instant::now();
-            while let Some(a) = f.poll_action() {
-                match a {
-                    Action::Send { peer, id, ask } => {
-                        let req = ask_to_request(f.root(), ask);
-                        let rid = swarm.behaviour_mut().state.send_request(&peer, req);
-                        pending.insert(rid, Pending::Fetch(id));
-                    }
-                    Action::ManifestReady => {
-                        let (Some(st), Some(m)) = (staging.clone(), f.manifest().cloned()) else {
-                            continue;
-                        };
-                        st.save_manifest(&m)?;
-                        let m = Arc::new(m);
-                        manifest = Some(m.clone());
-                        summary.files = m.files().len() as u64;
-                        summary.bytes = m.total_size();
-                        let seeds = seed_dirs.clone();
-                        let data = cfg.data.clone();
-                        let tx2 = tx.clone();
-                        log(
-                            &cfg,
-                            format!(
-                                "manifest verified: {} files, {}; planning local reuse",
-                                m.files().len(),
-                                ui::bytes(m.total_size())
-                            ),
-                        );
-                        tokio::task::spawn_blocking(move || {
-                            let others = session::other_stagings(&data, &st.root);
-                            let mut sources: Vec<LocalSource<'_>> = seeds
-                                .iter()
-                                .map(|(d, sm)| LocalSource::complete(d, sm))
-                                .collect();
-                            for (d, om, done) in &others {
-                                sources.push(LocalSource {
-                                    dir: d,
-                                    manifest: om,
-                                    only_chunks: Some(done),
-                                });
-                            }
-                            let plan = statesync_manifest::plan(&m, &sources);
-                            let inplace = st.in_place_manifest();
-                            let r =
-                                session::execute_local(&st, &m, &plan, &sources, inplace.as_ref());
-                            let _ = tx2.send(LoopMsg::Planned(r));
-                        });
-                        // Start the writer for fetched chunks.
-                        let (wtx, wrx) = std::sync::mpsc::channel::<WriteJob>();
-                        writer_tx = Some(wtx);
-                        let st = staging.clone().ok_or("no staging")?;
-                        let m = manifest.clone().ok_or("no manifest")?;
-                        let tx3 = tx.clone();
-                        std::thread::spawn(move || {
-                            let mut w = Writer::new(st.clone());
-                            if let Some(c) = commit_bytes {
-                                w.commit_bytes = c;
-                            }
-                            while let Ok(job) = wrx.recv() {
-                                match job {
-                                    WriteJob::Chunks { id, chunks } => {
-                                        let bytes =
-                                            chunks.iter().map(|(_, d)| d.len() as u64).sum();
-                                        match w.write(&m, chunks) {
-                                            Ok(results) => {
-                                                let _ = tx3.send(LoopMsg::Written {
-                                                    id,
-                                                    results,
-                                                    bytes,
-                                                });
-                                            }
-                                            Err(e) => {
-                                                let _ = tx3.send(LoopMsg::LocalFailure(e));
-                                                return;
-                                            }
-                                        }
-                                    }
-                                    WriteJob::Flush => {
-                                        let _ = tx3.send(LoopMsg::Flushed(w.flush()));
-                                    }
-                                }
-                            }
-                        });
-                    }
-                    Action::Banned { peer, reason } => {
-                        log(&cfg, format!("banned {peer} for this sync: {reason}"));
-                        summary.peers_banned.push(format!("{peer}: {reason}"));
-                        peers.penalize(&peer, now);
-                    }
+        if let Some(c) = chain.as_mut() {
+            let mut ctx = Ctx {
+                swarm: &mut swarm,
+                fetch: &mut fetch,
+                adverts: &adverts,
+                peers: &mut peers,
+                local_id,
+                generation: &mut generation,
+                tx: &tx,
+            };
+            if let Some(code) = c.step(&mut ctx)? {
+                if let Some(s) = server.as_mut() {
+                    s.release_leases(true);
                 }
+                return Ok(code);
             }
-            if f.is_done() && !finishing {
-                finishing = true;
-                if let Some(w) = &writer_tx {
-                    let _ = w.send(WriteJob::Flush);
-                } else {
-                    let _ = tx.send(LoopMsg::Flushed(Ok(())));
+        }
+        if let Some(f) = fetch.as_mut()
+            && let Err(e) = f.poll(&mut swarm, &mut pending, &mut peers)
+        {
+            match chain.as_mut() {
+                Some(c) => {
+                    f.stop();
+                    fetch = None;
+                    c.on_fetch_failed(e.to_string());
                 }
-            }
-            if let Some(why) = f.failure() {
-                return Err(format!("sync of {} cannot complete: {why}", f.root()).into());
+                None => return Err(e),
             }
         }
         // 2. Peer manager actions (dials, discovery, trimming).
@@ -408,7 +279,13 @@ pub async fn run(
             }
         }
 
-        let deadline = fetch.as_ref().and_then(|f| f.poll_timeout());
+        let deadline = [
+            fetch.as_ref().and_then(|f| f.deadline()),
+            chain.as_ref().and_then(|c| c.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -432,23 +309,25 @@ pub async fn run(
                     }
                     SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } if !connected.contains(&peer_id) => {
                         connected.insert(peer_id);
-                        {
-                            peers.connected(peer_id, now);
-                            let rid = swarm.behaviour_mut().state.send_request(&peer_id, Request::GetAdvert);
-                            pending.insert(rid, Pending::Advert(peer_id));
-                            if endpoint.is_dialer() {
-                                swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
-                            }
+                        peers.connected(peer_id, now);
+                        let rid = swarm.behaviour_mut().state.send_request(&peer_id, Request::GetAdvert);
+                        pending.insert(rid, Pending::Advert(peer_id));
+                        if endpoint.is_dialer() {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
+                        }
+                        if let Some(c) = chain.as_mut() {
+                            c.on_connected(peer_id, &mut swarm);
                         }
                     }
                     SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if connected.contains(&peer_id) => {
                         connected.remove(&peer_id);
-                        {
-                            peers.disconnected(peer_id, now);
-                            adverts.remove(&peer_id);
-                            if let Some(f) = fetch.as_mut() {
-                                f.remove_peer(&peer_id, now);
-                            }
+                        peers.disconnected(peer_id, now);
+                        adverts.remove(&peer_id);
+                        if let Some(f) = fetch.as_mut() {
+                            f.remove_peer(&peer_id, now);
+                        }
+                        if let Some(c) = chain.as_mut() {
+                            c.on_disconnected(peer_id, now);
                         }
                     }
                     SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
@@ -481,6 +360,27 @@ pub async fn run(
                         }
                         peers.discovery_done(n, now);
                     }
+                    SwarmEvent::Behaviour(BehaviourEvent::Blocks(ev)) => match ev {
+                        request_response::Event::Message { peer, message, .. } => match message {
+                            request_response::Message::Request { request, channel, .. } => match (chain.as_mut(), server.as_mut()) {
+                                (Some(c), Some(s)) => c.on_request(peer, request, channel, &mut swarm, s, now),
+                                _ => {
+                                    let _ = swarm.behaviour_mut().blocks.send_response(channel, BlockResponse::NotFound);
+                                }
+                            },
+                            request_response::Message::Response { request_id, response } => {
+                                if let Some(c) = chain.as_mut() {
+                                    c.on_response(request_id, peer, response, &mut swarm, now);
+                                }
+                            }
+                        },
+                        request_response::Event::OutboundFailure { request_id, .. } => {
+                            if let Some(c) = chain.as_mut() {
+                                c.on_failure(request_id, now);
+                            }
+                        }
+                        _ => {}
+                    },
                     SwarmEvent::Behaviour(BehaviourEvent::State(ev)) => match ev {
                         request_response::Event::Message { peer, message, .. } => match message {
                             request_response::Message::Request { request, channel, .. } => {
@@ -524,36 +424,9 @@ pub async fn run(
                                             on_advert(&mut adverts, &mut fetch, p, a, now);
                                         }
                                     }
-                                    Some(Pending::Fetch(id)) => {
-                                        if let Some(f) = fetch.as_mut() {
-                                            match response {
-                                                Response::Header { header } => f.handle_header(id, &header, now),
-                                                Response::FilePiece { index, entries, proof } => f.handle_file_piece(id, index, entries, &proof, now),
-                                                Response::ChunkPiece { index, entries, proof } => f.handle_chunk_piece(id, index, entries, &proof, now),
-                                                Response::Chunks { chunks } => {
-                                                    received += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-                                                    *summary.bytes_per_peer.entry(peer.to_string()).or_default() += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-                                                    if finishing {
-                                                        // A late endgame duplicate: everything is in and
-                                                        // being verified; nothing may touch the files now.
-                                                    } else {
-                                                        match &writer_tx {
-                                                            Some(w) => { let _ = w.send(WriteJob::Chunks { id, chunks }); }
-                                                            None => f.handle_failure(id, Failure::Malformed("chunks before the manifest".into()), now),
-                                                        }
-                                                    }
-                                                    if crash_after.is_some_and(|c| received >= c) {
-                                                        // Test hook: die by SIGKILL at a known point.
-                                                        eprintln!("crash hook: SIGKILL after {received} bytes received");
-                                                        // SAFETY: sends a signal to this process.
-                                                        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-                                                    }
-                                                }
-                                                Response::Busy { retry_after_ms } => f.handle_failure(id, Failure::Busy { retry_after: Duration::from_millis(u64::from(retry_after_ms)) }, now),
-                                                Response::NotFound => f.handle_failure(id, Failure::NotFound, now),
-                                                Response::Refused { .. } => f.handle_failure(id, Failure::Io, now),
-                                                other => f.handle_failure(id, Failure::Malformed(format!("unexpected {}", kind(&other))), now),
-                                            }
+                                    Some(Pending::Fetch { generation: g, id }) => {
+                                        if let Some(f) = fetch.as_mut().filter(|f| f.generation == g) {
+                                            f.on_response(id, peer, response, now);
                                         }
                                     }
                                     Some(Pending::Announce) | None => {}
@@ -561,14 +434,10 @@ pub async fn run(
                             }
                         },
                         request_response::Event::OutboundFailure { request_id, error, .. } => {
-                            if let Some(Pending::Fetch(id)) = pending.remove(&request_id)
-                                && let Some(f) = fetch.as_mut()
+                            if let Some(Pending::Fetch { generation: g, id }) = pending.remove(&request_id)
+                                && let Some(f) = fetch.as_mut().filter(|f| f.generation == g)
                             {
-                                let fl = match &error {
-                                    request_response::OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => Failure::Malformed(e.to_string()),
-                                    _ => Failure::Io,
-                                };
-                                f.handle_failure(id, fl, now);
+                                f.on_failure(id, &error, now);
                             }
                         }
                         _ => {}
@@ -585,85 +454,42 @@ pub async fn run(
                         }
                         let _ = swarm.behaviour_mut().state.send_response(channel, resp);
                     }
-                    LoopMsg::Planned(r) => {
-                        let (need, rep) = r?;
-                        log(&cfg, format!(
-                            "local reuse: {} files linked ({}), {} chunks copied ({}), {} zero chunks, {} chunks from an earlier run; {} chunks ({}) to fetch",
-                            rep.files_linked, ui::bytes(rep.bytes_linked), rep.chunks_copied, ui::bytes(rep.bytes_copied),
-                            rep.chunks_zero, rep.chunks_resumed, need.len(),
-                            ui::bytes(manifest.as_ref().map(|m| need.iter().map(|&i| u64::from(m.chunks()[i as usize].len)).sum()).unwrap_or(0))
-                        ));
-                        summary.local = rep;
-                        if let Some(f) = fetch.as_mut() {
-                            f.set_needed(need, now);
-                            if let Some(pb) = &bar {
-                                pb.set_length(f.progress().bytes_needed);
+                    LoopMsg::Chain(m) => {
+                        if let Some(c) = chain.as_mut() {
+                            c.on_msg(m, &mut swarm, server.as_mut(), now)?;
+                        }
+                    }
+                    LoopMsg::Fetch { generation: g, msg } => {
+                        let Some(f) = fetch.as_mut().filter(|f| f.generation == g) else {
+                            continue; // from a replaced driver
+                        };
+                        match (f.on_msg(*msg, now), chain.as_mut()) {
+                            (Ok(None), _) => {}
+                            (Ok(Some(summary)), Some(c)) => {
+                                fetch = None;
+                                c.on_fetch_done(summary, now);
                             }
-                        }
-                    }
-                    LoopMsg::Written { id, results, bytes } => {
-                        let _ = bytes;
-                        if let Some(f) = fetch.as_mut() {
-                            f.handle_chunks(id, &results, now);
-                        }
-                    }
-                    LoopMsg::Flushed(r) => {
-                        r.map_err(|e| format!("local failure (no peer at fault): {e}"))?;
-                        if finishing && !promoting {
-                            promoting = true;
-                            let (Some(st), Some(m), Some(j)) = (staging.clone(), manifest.clone(), job.as_ref()) else {
-                                return Err("sync finished without a manifest".into());
-                            };
-                            let out = j.out.clone();
-                            let full_verify = j.full_verify;
-                            let tx2 = tx.clone();
-                            log(&cfg, "all chunks in; verifying the whole checkpoint");
-                            tokio::task::spawn_blocking(move || {
-                                let _ = tx2.send(LoopMsg::Promoted(session::promote(&st, &m, &out, full_verify)));
-                            });
-                        }
-                    }
-                    LoopMsg::Promoted(r) => {
-                        r?;
-                        if let Some(pb) = &bar {
-                            pb.finish_and_clear();
-                        }
-                        // The staging area and older unfinished ones are no
-                        // longer needed: nothing leaks.
-                        let _ = std::fs::remove_dir_all(cfg.data.join("fetch"));
-                        if let Some(f) = fetch.as_ref() {
-                            let p = f.progress();
-                            summary.bytes_fetched = p.bytes_done;
-                            summary.chunks_fetched = p.chunks_done;
-                            summary.requests = p.requests_sent;
-                            summary.rejected_chunks = p.rejected_chunks;
-                            summary.peers_used = summary.bytes_per_peer.len();
-                        }
-                        summary.seconds = start.elapsed().as_secs_f64();
-                        if cfg.json {
-                            ui::print_json(&summary);
-                        } else {
-                            println!(
-                                "synced {} into {}: {} files, {}; fetched {} from {} peers, reused {} locally; {:.1}s ({})",
-                                summary.root, summary.out.display(), summary.files, ui::bytes(summary.bytes),
-                                ui::bytes(summary.bytes_fetched), summary.peers_used,
-                                ui::bytes(summary.local.bytes_linked + summary.local.bytes_copied + summary.local.bytes_zero + summary.local.bytes_resumed + summary.local.bytes_kept),
-                                summary.seconds, ui::rate(summary.bytes_fetched, summary.seconds)
-                            );
-                            for b in &summary.peers_banned {
-                                println!("  banned {b}");
+                            (Ok(Some(summary)), None) => {
+                                print_summary(&cfg, &summary);
+                                return Ok(ExitCode::SUCCESS);
                             }
+                            (Err(e), Some(c)) => {
+                                f.stop();
+                                fetch = None;
+                                c.on_fetch_failed(e.to_string());
+                            }
+                            (Err(e), None) => return Err(e),
                         }
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    LoopMsg::LocalFailure(e) => {
-                        return Err(format!("local failure (no peer at fault), progress is kept for a restart: {e}").into());
                     }
                 }
             }
             _ = sleep => {
+                let now = Instant::now();
                 if let Some(f) = fetch.as_mut() {
-                    f.handle_timeout(Instant::now());
+                    f.on_timeout(now);
+                }
+                if let Some(c) = chain.as_mut() {
+                    c.on_timeout(now);
                 }
             }
             _ = tick.tick() => {
@@ -682,6 +508,7 @@ pub async fn run(
                         "discoveries": peers.stats.discoveries,
                         "serve": server.as_ref().map(|s| s.stats.clone()),
                         "fetch": fetch.as_ref().map(|f| f.progress().clone()),
+                        "chain": chain.as_ref().map(|c| c.status_json()),
                     });
                     let tmp = p.with_extension("tmp");
                     if std::fs::write(&tmp, status.to_string()).is_ok() {
@@ -699,35 +526,22 @@ pub async fn run(
                 }
                 // Ask connected peers that have not advertised our root again,
                 // every few seconds (they may have just promoted it).
-                if let Some(r) = root
+                if let Some(f) = fetch.as_ref()
+                    && !f.is_done()
                     && last_advert_poll.elapsed() > Duration::from_secs(3)
-                    && fetch.as_ref().is_some_and(|f| !f.is_done())
                 {
                     last_advert_poll = now;
+                    let root = f.root();
                     for p in connected.iter().copied().collect::<Vec<_>>() {
-                        if adverts.get(&p).is_none_or(|_| fetch.as_ref().is_some_and(|f| f.usable_peers() == 0)) {
+                        let has = adverts.get(&p).is_some_and(|a| a.entries.iter().any(|e| e.root == root));
+                        if !has || f.usable_peers() == 0 {
                             let rid = swarm.behaviour_mut().state.send_request(&p, Request::GetAdvert);
                             pending.insert(rid, Pending::Advert(p));
                         }
                     }
-                    let _ = r;
                 }
-                if let Some(f) = fetch.as_ref() {
-                    let p = f.progress();
-                    if let Some(pb) = &bar {
-                        pb.set_length(p.bytes_needed.max(1));
-                        pb.set_position(p.bytes_done);
-                        pb.set_message(format!("fetch ({} peers)", f.usable_peers()));
-                    } else if !cfg.quiet && last_log.elapsed() > Duration::from_secs(2) {
-                        last_log = now;
-                        let secs = start.elapsed().as_secs_f64();
-                        eprintln!(
-                            "fetch: {}/{} ({:.0}%), {} chunks, {}, {} peers usable, {} requests",
-                            ui::bytes(p.bytes_done), ui::bytes(p.bytes_needed),
-                            100.0 * p.bytes_done as f64 / p.bytes_needed.max(1) as f64,
-                            p.chunks_done, ui::rate(p.bytes_done, secs), f.usable_peers(), p.requests_sent
-                        );
-                    }
+                if let Some(f) = fetch.as_mut() {
+                    f.report(if chain.is_some() { "state sync" } else { "fetch" });
                 }
             }
             _ = sigterm.recv() => {
@@ -735,10 +549,11 @@ pub async fn run(
                 if let Some(s) = server.as_mut() {
                     s.release_leases(true);
                 }
-                if let Some(w) = &writer_tx {
-                    let _ = w.send(WriteJob::Flush);
-                    // Give the writer a moment to commit.
-                    if let Ok(Some(LoopMsg::Flushed(_))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {}
+                if let Some(f) = fetch.as_mut() {
+                    f.stop();
+                }
+                if let Some(c) = chain.as_mut() {
+                    c.stop();
                 }
                 return Ok(ExitCode::from(143));
             }
@@ -747,8 +562,11 @@ pub async fn run(
                 if let Some(s) = server.as_mut() {
                     s.release_leases(true);
                 }
-                if let Some(w) = &writer_tx {
-                    let _ = w.send(WriteJob::Flush);
+                if let Some(f) = fetch.as_mut() {
+                    f.stop();
+                }
+                if let Some(c) = chain.as_mut() {
+                    c.stop();
                 }
                 return Ok(ExitCode::from(130));
             }
@@ -756,17 +574,25 @@ pub async fn run(
     }
 }
 
-fn kind(r: &Response) -> &'static str {
-    match r {
-        Response::Header { .. } => "header",
-        Response::FilePiece { .. } => "file piece",
-        Response::ChunkPiece { .. } => "chunk piece",
-        Response::Chunks { .. } => "chunks",
-        Response::Advert { .. } => "advert",
-        Response::Ack => "ack",
-        Response::Busy { .. } => "busy",
-        Response::NotFound => "not found",
-        Response::Refused { .. } => "refused",
+fn print_summary(cfg: &NodeCfg, summary: &FetchSummary) {
+    if cfg.json {
+        ui::print_json(summary);
+    } else {
+        println!(
+            "synced {} into {}: {} files, {}; fetched {} from {} peers, reused {} locally; {:.1}s ({})",
+            summary.root,
+            summary.out.display(),
+            summary.files,
+            ui::bytes(summary.bytes),
+            ui::bytes(summary.bytes_fetched),
+            summary.peers_used,
+            ui::bytes(summary.local.reused()),
+            summary.seconds,
+            ui::rate(summary.bytes_fetched, summary.seconds)
+        );
+        for b in &summary.peers_banned {
+            println!("  banned {b}");
+        }
     }
 }
 
@@ -776,21 +602,21 @@ fn is_dialable(a: &Multiaddr) -> bool {
 }
 
 fn on_advert(
-    adverts: &mut HashMap<PeerId, u64>,
-    fetch: &mut Option<Fetch<PeerId>>,
+    adverts: &mut HashMap<PeerId, Advert>,
+    fetch: &mut Option<FetchDriver>,
     peer: PeerId,
     a: Advert,
     now: Instant,
 ) {
-    if adverts.get(&peer).is_some_and(|s| *s > a.seq) {
+    if adverts.get(&peer).is_some_and(|old| old.seq > a.seq) {
         return; // an older advert arriving late
     }
-    adverts.insert(peer, a.seq);
     if let Some(f) = fetch.as_mut()
         && a.entries.iter().any(|e| e.root == f.root())
     {
         f.add_peer(peer, now);
     }
+    adverts.insert(peer, a);
 }
 
 pub fn limits(peer_mib: u64, global_mib: u64, concurrent: usize) -> ServeLimits {

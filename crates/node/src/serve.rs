@@ -53,6 +53,7 @@ pub struct ServeStats {
     pub bytes_served: u64,
     pub busy: u64,
     pub not_found: u64,
+    pub block_bytes_served: u64,
 }
 
 pub struct Server {
@@ -302,12 +303,26 @@ impl Server {
                 .min(MAX_BATCH_BYTES as u64),
             _ => 256 * 1024,
         };
+        if let Err(retry_after_ms) = self.charge(peer, cost) {
+            return Err(Response::Busy { retry_after_ms });
+        }
+        self.lease(served.height);
+        Ok(Job {
+            served,
+            req: req.clone(),
+            evil: None,
+        })
+    }
+
+    /// Admission of `cost` bytes of work for `peer`: the concurrency cap and
+    /// both token buckets. On success the request counts as active until
+    /// [`Server::finished`] (or [`Server::finished_blocks`]); otherwise the
+    /// answer is BUSY with this retry time in milliseconds.
+    pub fn charge(&mut self, peer: PeerId, cost: u64) -> Result<(), u32> {
         let active = self.active.get(&peer).copied().unwrap_or(0);
         if active >= self.limits.max_concurrent_per_peer {
             self.stats.busy += 1;
-            return Err(Response::Busy {
-                retry_after_ms: 100,
-            });
+            return Err(100);
         }
         let units = NonZeroU32::new(((cost / 1024).max(1)).min(u64::from(u32::MAX)) as u32)
             .unwrap_or(NonZeroU32::MIN);
@@ -322,35 +337,36 @@ impl Server {
         if let Ok(Err(not_until)) = self.peer_limiter.check_key_n(&peer, pu) {
             self.stats.busy += 1;
             let wait = not_until.wait_time_from(clock.now());
-            return Err(Response::Busy {
-                retry_after_ms: wait.as_millis().clamp(10, 30_000) as u32,
-            });
+            return Err(wait.as_millis().clamp(10, 30_000) as u32);
         }
         let gu = clamp(units, self.limits.global_bytes_per_sec);
         if let Ok(Err(not_until)) = self.global_limiter.check_n(gu) {
             self.stats.busy += 1;
             let wait = not_until.wait_time_from(clock.now());
-            return Err(Response::Busy {
-                retry_after_ms: wait.as_millis().clamp(10, 30_000) as u32,
-            });
+            return Err(wait.as_millis().clamp(10, 30_000) as u32);
         }
         *self.active.entry(peer).or_default() += 1;
-        self.lease(served.height);
-        Ok(Job {
-            served,
-            req: req.clone(),
-            evil: None,
-        })
+        Ok(())
     }
 
-    /// A job for `peer` finished (answered or failed).
-    pub fn finished(&mut self, peer: PeerId, resp: &Response) {
+    /// A block request admitted by [`Server::charge`] was answered.
+    pub fn finished_blocks(&mut self, peer: PeerId, bytes: u64) {
+        self.release(peer);
+        self.stats.block_bytes_served += bytes;
+    }
+
+    fn release(&mut self, peer: PeerId) {
         if let Some(n) = self.active.get_mut(&peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.active.remove(&peer);
             }
         }
+    }
+
+    /// A job for `peer` finished (answered or failed).
+    pub fn finished(&mut self, peer: PeerId, resp: &Response) {
+        self.release(peer);
         match resp {
             Response::Chunks { chunks } => {
                 self.stats.bytes_served += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();

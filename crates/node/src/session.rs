@@ -220,6 +220,17 @@ pub struct LocalReport {
     pub bytes_kept: u64,
 }
 
+impl LocalReport {
+    /// Bytes that did not have to be fetched.
+    pub fn reused(&self) -> u64 {
+        self.bytes_linked
+            + self.bytes_copied
+            + self.bytes_zero
+            + self.bytes_resumed
+            + self.bytes_kept
+    }
+}
+
 /// Creates the target files (sparse, at their final size), hard-links
 /// identical files, copies and verifies local chunks, and returns the chunk
 /// indices that must still be fetched.

@@ -3,6 +3,8 @@
 //! bytes on streams. The byte layout is specified in docs/protocol.md and
 //! pinned by golden tests.
 
+pub mod blocks;
+
 use statesync_manifest::format::{
     CHUNK_ENTRY_LEN, ChunkEntry, FileEntry, ManifestError, ROOT_HEADER_LEN, Reader,
     decode_chunk_entry, decode_file_entry, encode_chunk_entry, encode_file_entry,

@@ -1,0 +1,254 @@
+//! `/statesync/blocks/1`: block range sync, status and new-block pushes.
+//! Blocks travel as opaque encoded bytes (the chain crate decodes and
+//! verifies them); this module bounds their number and size. Byte layout in
+//! docs/protocol.md ("Blocks protocol").
+
+use crate::ProtoError;
+
+pub const BLOCKS_PROTOCOL: &str = "/statesync/blocks/1";
+pub const MAX_BLOCKS_REQUEST_LEN: usize = 4 * 1024 * 1024;
+pub const MAX_BLOCKS_RESPONSE_LEN: usize = 16 * 1024 * 1024;
+/// Most blocks asked or answered at once.
+pub const MAX_BLOCKS_PER_REQUEST: u32 = 256;
+/// Largest single encoded block on the wire.
+pub const MAX_BLOCK_LEN: usize = 2 * 1024 * 1024;
+
+mod tag {
+    pub const GET_STATUS: u8 = 0x10;
+    pub const GET_BLOCKS: u8 = 0x11;
+    pub const NEW_BLOCK: u8 = 0x12;
+    pub const STATUS: u8 = 0x90;
+    pub const BLOCKS: u8 = 0x91;
+    pub const ACK: u8 = 0x92;
+    pub const BUSY: u8 = 0xe0;
+    pub const NOT_FOUND: u8 = 0xe1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockRequest {
+    GetStatus,
+    /// Blocks `start..start+count`, ascending.
+    GetBlocks {
+        start: u64,
+        count: u32,
+    },
+    /// A new final block (pushed by whoever imported or produced it).
+    NewBlock {
+        block: Vec<u8>,
+    },
+}
+
+/// A node's view of its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Status {
+    /// Highest executed block and its hash.
+    pub head: u64,
+    pub head_hash: [u8; 32],
+    /// Lowest block it can serve (its backfill pointer).
+    pub low: u64,
+    /// Latest checkpoint it serves (0: none but genesis).
+    pub checkpoint: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockResponse {
+    Status(Status),
+    /// Consecutive blocks from the requested start; fewer than asked when
+    /// the server has fewer (or hit the byte budget); empty if it has none.
+    Blocks {
+        blocks: Vec<Vec<u8>>,
+    },
+    Ack,
+    Busy {
+        retry_after_ms: u32,
+    },
+    NotFound,
+}
+
+fn u32_at(b: &[u8], o: usize) -> Result<u32, ProtoError> {
+    b.get(o..o + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(ProtoError::Limit {
+            what: "truncated message",
+            count: b.len(),
+            max: o + 4,
+        })
+}
+
+fn u64_at(b: &[u8], o: usize) -> Result<u64, ProtoError> {
+    let s = b.get(o..o + 8).ok_or(ProtoError::Limit {
+        what: "truncated message",
+        count: b.len(),
+        max: o + 8,
+    })?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(s);
+    Ok(u64::from_le_bytes(a))
+}
+
+fn exact(b: &[u8], len: usize) -> Result<(), ProtoError> {
+    if b.len() < len {
+        return Err(ProtoError::Limit {
+            what: "truncated message",
+            count: b.len(),
+            max: len,
+        });
+    }
+    if b.len() > len {
+        return Err(ProtoError::Trailing(b.len() - len));
+    }
+    Ok(())
+}
+
+impl BlockRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            BlockRequest::GetStatus => out.push(tag::GET_STATUS),
+            BlockRequest::GetBlocks { start, count } => {
+                out.push(tag::GET_BLOCKS);
+                out.extend_from_slice(&start.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            BlockRequest::NewBlock { block } => {
+                out.push(tag::NEW_BLOCK);
+                out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+                out.extend_from_slice(block);
+            }
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<BlockRequest, ProtoError> {
+        let (&t, _) = b.split_first().ok_or(ProtoError::Empty)?;
+        match t {
+            tag::GET_STATUS => {
+                exact(b, 1)?;
+                Ok(BlockRequest::GetStatus)
+            }
+            tag::GET_BLOCKS => {
+                exact(b, 13)?;
+                let start = u64_at(b, 1)?;
+                let count = u32_at(b, 9)?;
+                if count == 0 || count > MAX_BLOCKS_PER_REQUEST {
+                    return Err(ProtoError::Limit {
+                        what: "blocks requested",
+                        count: count as usize,
+                        max: MAX_BLOCKS_PER_REQUEST as usize,
+                    });
+                }
+                Ok(BlockRequest::GetBlocks { start, count })
+            }
+            tag::NEW_BLOCK => {
+                let n = u32_at(b, 1)? as usize;
+                if n > MAX_BLOCK_LEN {
+                    return Err(ProtoError::Limit {
+                        what: "block bytes",
+                        count: n,
+                        max: MAX_BLOCK_LEN,
+                    });
+                }
+                exact(b, 5 + n)?;
+                Ok(BlockRequest::NewBlock {
+                    block: b[5..].to_vec(),
+                })
+            }
+            other => Err(ProtoError::UnknownTag(other)),
+        }
+    }
+}
+
+impl BlockResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            BlockResponse::Status(s) => {
+                out.push(tag::STATUS);
+                out.extend_from_slice(&s.head.to_le_bytes());
+                out.extend_from_slice(&s.head_hash);
+                out.extend_from_slice(&s.low.to_le_bytes());
+                out.extend_from_slice(&s.checkpoint.to_le_bytes());
+            }
+            BlockResponse::Blocks { blocks } => {
+                out.push(tag::BLOCKS);
+                out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+                for b in blocks {
+                    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                    out.extend_from_slice(b);
+                }
+            }
+            BlockResponse::Ack => out.push(tag::ACK),
+            BlockResponse::Busy { retry_after_ms } => {
+                out.push(tag::BUSY);
+                out.extend_from_slice(&retry_after_ms.to_le_bytes());
+            }
+            BlockResponse::NotFound => out.push(tag::NOT_FOUND),
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<BlockResponse, ProtoError> {
+        let (&t, _) = b.split_first().ok_or(ProtoError::Empty)?;
+        match t {
+            tag::STATUS => {
+                exact(b, 1 + 8 + 32 + 8 + 8)?;
+                let mut head_hash = [0u8; 32];
+                head_hash.copy_from_slice(&b[9..41]);
+                Ok(BlockResponse::Status(Status {
+                    head: u64_at(b, 1)?,
+                    head_hash,
+                    low: u64_at(b, 41)?,
+                    checkpoint: u64_at(b, 49)?,
+                }))
+            }
+            tag::BLOCKS => {
+                let n = u32_at(b, 1)?;
+                if n > MAX_BLOCKS_PER_REQUEST {
+                    return Err(ProtoError::Limit {
+                        what: "blocks",
+                        count: n as usize,
+                        max: MAX_BLOCKS_PER_REQUEST as usize,
+                    });
+                }
+                let mut o = 5;
+                let mut blocks = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let len = u32_at(b, o)? as usize;
+                    if len > MAX_BLOCK_LEN {
+                        return Err(ProtoError::Limit {
+                            what: "block bytes",
+                            count: len,
+                            max: MAX_BLOCK_LEN,
+                        });
+                    }
+                    let s = b.get(o + 4..o + 4 + len).ok_or(ProtoError::Limit {
+                        what: "truncated message",
+                        count: b.len(),
+                        max: o + 4 + len,
+                    })?;
+                    blocks.push(s.to_vec());
+                    o += 4 + len;
+                }
+                if o != b.len() {
+                    return Err(ProtoError::Trailing(b.len() - o));
+                }
+                Ok(BlockResponse::Blocks { blocks })
+            }
+            tag::ACK => {
+                exact(b, 1)?;
+                Ok(BlockResponse::Ack)
+            }
+            tag::BUSY => {
+                exact(b, 5)?;
+                Ok(BlockResponse::Busy {
+                    retry_after_ms: u32_at(b, 1)?,
+                })
+            }
+            tag::NOT_FOUND => {
+                exact(b, 1)?;
+                Ok(BlockResponse::NotFound)
+            }
+            other => Err(ProtoError::UnknownTag(other)),
+        }
+    }
+}
