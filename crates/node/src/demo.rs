@@ -1,6 +1,6 @@
-//! `statesync demo`: the foundation on generated data, end to end on one
-//! machine. Network state sync, block sync and the multi-node demo are built
-//! on top of this in later milestones (see README "Status").
+//! `statesync demo --walkthrough`: the state layer on generated data, end to
+//! end on one machine. The default `statesync demo` is the network demo
+//! (demo_net.rs).
 
 use crate::synth::{self, GenSpec, MutateSpec};
 use crate::ui;
@@ -17,10 +17,18 @@ pub struct DemoArgs {
     /// Working directory (default: a temporary directory, removed at the end).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Instead of the network demo, walk through the state layer (manifest,
+    /// checkpoints, incremental builds, diff, a network fetch).
+    #[arg(long)]
+    walkthrough: bool,
+    /// Walkthrough: state size.
     #[arg(long, default_value = "256MiB", value_parser = synth::parse_size)]
     size: u64,
+    /// Walkthrough: number of files.
     #[arg(long, default_value_t = 800)]
     files: u64,
+    #[command(flatten)]
+    net: crate::demo_net::NetDemoArgs,
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -34,6 +42,9 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
             tmp.0.clone()
         }
     };
+    if !a.walkthrough {
+        return crate::demo_net::run(a.net, &dir, json);
+    }
     let say = |s: String| {
         if !json {
             println!("{s}");

@@ -4,6 +4,7 @@ mod bench;
 mod bench_sync;
 mod chain_node;
 mod demo;
+mod demo_net;
 mod fetch_driver;
 mod p2p;
 mod serve;
@@ -80,7 +81,8 @@ enum Cmd {
     /// Benchmarks against the reference tools (minutes; not part of the tests).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
-    /// Walk through the foundation on generated data (see README).
+    /// A local network of chain nodes and a late joiner catching up (see
+    /// README); --walkthrough for the state layer alone.
     Demo(demo::DemoArgs),
     /// Serve the checkpoints of a store to peers.
     Serve {

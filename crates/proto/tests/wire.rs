@@ -270,3 +270,113 @@ fn random_and_mutated_messages_never_panic_and_accepted_ones_are_canonical() {
         let _ = Advert::decode(&buf);
     }
 }
+
+mod blocks_protocol {
+    use statesync_proto::blocks::*;
+
+    fn all() -> (Vec<BlockRequest>, Vec<BlockResponse>) {
+        (
+            vec![
+                BlockRequest::GetStatus,
+                BlockRequest::GetBlocks {
+                    start: 7,
+                    count: 64,
+                },
+                BlockRequest::NewBlock {
+                    block: vec![1, 2, 3],
+                },
+            ],
+            vec![
+                BlockResponse::Status(Status {
+                    head: 120,
+                    head_hash: [5; 32],
+                    low: 1,
+                    checkpoint: 120,
+                }),
+                BlockResponse::Blocks {
+                    blocks: vec![vec![9; 10], vec![]],
+                },
+                BlockResponse::Ack,
+                BlockResponse::Busy {
+                    retry_after_ms: 250,
+                },
+                BlockResponse::NotFound,
+            ],
+        )
+    }
+
+    #[test]
+    fn golden_and_round_trip() {
+        let (reqs, resps) = all();
+        let mut h = blake3::Hasher::new();
+        for r in &reqs {
+            let e = r.encode();
+            assert_eq!(BlockRequest::decode(&e).unwrap(), *r);
+            h.update(&e);
+        }
+        for r in &resps {
+            let e = r.encode();
+            assert_eq!(BlockResponse::decode(&e).unwrap(), *r);
+            h.update(&e);
+        }
+        assert_eq!(
+            BlockRequest::GetBlocks {
+                start: 7,
+                count: 64
+            }
+            .encode(),
+            [0x11, 7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0]
+        );
+        assert_eq!(h.finalize().to_hex().to_string(), "PIN");
+    }
+
+    #[test]
+    fn limits_and_fuzz() {
+        assert!(
+            BlockRequest::decode(
+                &BlockRequest::GetBlocks {
+                    start: 1,
+                    count: 257
+                }
+                .encode()
+            )
+            .is_err()
+        );
+        assert!(
+            BlockRequest::decode(&BlockRequest::GetBlocks { start: 1, count: 0 }.encode()).is_err()
+        );
+        let mut huge = vec![0x91];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(BlockResponse::decode(&huge).is_err());
+        let (reqs, resps) = all();
+        let encs: Vec<Vec<u8>> = reqs
+            .iter()
+            .map(|r| r.encode())
+            .chain(resps.iter().map(|r| r.encode()))
+            .collect();
+        let mut x = 88172645463325252u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..50_000 {
+            let mut m = encs[i % encs.len()].clone();
+            match next() % 3 {
+                0 => m.truncate((next() % (m.len() as u64 + 1)) as usize),
+                1 if !m.is_empty() => {
+                    let p = (next() % m.len() as u64) as usize;
+                    m[p] ^= 1 << (next() % 8);
+                }
+                _ => m = (0..next() % 64).map(|_| next() as u8).collect(),
+            }
+            if let Ok(r) = BlockRequest::decode(&m) {
+                assert_eq!(r.encode(), m);
+            }
+            if let Ok(r) = BlockResponse::decode(&m) {
+                assert_eq!(r.encode(), m);
+            }
+        }
+    }
+}
