@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks against the reference tools on the same generated data.
 # Installs what it compares against (Debian packages: b3sum, rsync), then runs
-# `statesync bench manifest` (default) or `statesync bench sync`:
+# `statesync bench manifest` (default), `statesync bench sync` or
+# `statesync bench blocks`:
 #   scripts/bench.sh [manifest] --size 2GiB --rounds 5
 #   scripts/bench.sh sync --size 2GiB --rounds 3
+#   scripts/bench.sh blocks --blocks 3000 --rounds 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -16,5 +18,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 cargo build --release -q
 what=manifest
-case "${1:-}" in manifest|sync) what=$1; shift;; esac
+case "${1:-}" in manifest|sync|blocks) what=$1; shift;; esac
 exec ./target/release/statesync bench "$what" "$@"

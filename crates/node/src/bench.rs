@@ -46,6 +46,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 5.0)]
         changed_pct: f64,
     },
+    /// Block range sync over libp2p vs replaying the same blocks from the
+    /// local store; time to head of the scaled IC incident.
+    Blocks {
+        #[arg(long, default_value = "bench-data-blocks")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3000)]
+        blocks: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 64)]
+        state_mib: u64,
+        /// Skip the scaled incident run.
+        #[arg(long)]
+        no_incident: bool,
+    },
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -135,6 +150,13 @@ pub fn run(cmd: BenchCmd, json: bool) -> Result<ExitCode> {
             rounds,
             changed_pct,
         } => manifest_bench(&dir, size, files, rounds, changed_pct, json),
+        BenchCmd::Blocks {
+            dir,
+            blocks,
+            rounds,
+            state_mib,
+            no_incident,
+        } => crate::bench_blocks::run(&dir, blocks, rounds, state_mib, !no_incident, json),
         BenchCmd::Sync {
             dir,
             size,

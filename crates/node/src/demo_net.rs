@@ -349,9 +349,12 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// (label, colour, points)
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// A small SVG line chart: series of (x, y) with a colour and a label.
 fn line_chart(
-    series: &[(&str, &str, Vec<(f64, f64)>)],
+    series: &[Series<'_>],
     bands: &[(f64, f64, &str, &str)],
     xlabel: &str,
     ylabel: &str,

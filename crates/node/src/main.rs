@@ -1,6 +1,7 @@
 //! `statesync`: the command-line interface.
 
 mod bench;
+mod bench_blocks;
 mod bench_sync;
 mod chain_node;
 mod demo;
