@@ -206,7 +206,7 @@ enum Req {
     Range { id: u64 },
     Backfill { id: u64 },
     Anchor { height: u64 },
-    Lookup { pushed: Block },
+    Lookup { pushed: Option<Block> },
     Push,
 }
 
@@ -252,6 +252,8 @@ pub struct ChainNode {
     last_switch: Instant,
     switch_asked: Option<Instant>,
     pending_anchor: Option<Block>,
+    anchor_asks: usize,
+    last_follow: Instant,
     /// Measured rates for the decision.
     replay_bps: f64,
     fetch_bps: f64,
@@ -364,6 +366,8 @@ impl ChainNode {
             last_switch: past,
             switch_asked: None,
             pending_anchor: None,
+            anchor_asks: 0,
+            last_follow: now,
             replay_bps: 500.0,
             fetch_bps: 50e6,
             last_range_done: None,
@@ -440,6 +444,20 @@ impl ChainNode {
             low: if self.head == 0 { 0 } else { self.low },
             checkpoint: self.checkpoint,
         }
+    }
+
+    pub fn update_metrics(&self, m: &crate::metrics::Metrics) {
+        use crate::metrics::{gauge, set};
+        gauge(&m.chain_head, self.head);
+        gauge(&m.chain_best_head, self.best_head());
+        gauge(&m.chain_low, self.low);
+        set(
+            &m.blocks_imported,
+            self.stats.imported_range + self.stats.imported_follow,
+        );
+        set(&m.blocks_produced, self.stats.produced);
+        set(&m.state_syncs, self.stats.state_syncs);
+        set(&m.checkpoint_switches, self.stats.switches);
     }
 
     pub fn status_json(&self) -> serde_json::Value {
@@ -593,7 +611,7 @@ impl ChainNode {
                                         swarm,
                                         &peer,
                                         BlockRequest::GetBlocks { start, count },
-                                        Req::Lookup { pushed: b },
+                                        Req::Lookup { pushed: Some(b) },
                                     );
                                 }
                                 Admit::TooDeep => self.start_replay(now),
@@ -697,8 +715,10 @@ impl ChainNode {
                     && matches!(self.phase, Phase::Following { .. })
                 {
                     bs.retain(|b| b.height() > self.head);
-                    if bs.last().is_some_and(|b| b.height() + 1 == pushed.height()) {
-                        bs.push(pushed);
+                    if let Some(p) = pushed
+                        && bs.last().is_some_and(|b| b.height() + 1 == p.height())
+                    {
+                        bs.push(p);
                     }
                     if bs.first().is_some_and(|b| b.height() == self.head + 1) {
                         self.follow_inflight = true;
@@ -855,6 +875,32 @@ impl ChainNode {
                     ));
                     self.write_summary();
                     return Ok(Some(ExitCode::SUCCESS));
+                }
+                // A missed push must not leave us behind with nothing left
+                // to wake us: chase the best head after a quiet second.
+                let best = self.best_head();
+                if !self.setup.produce
+                    && best > self.head
+                    && !self.follow_inflight
+                    && now.duration_since(self.last_follow) > Duration::from_secs(1)
+                    && best <= self.head + LookupConfig::default().max_depth
+                    && let Admit::Fetch { start, end } =
+                        self.lookups.admit(self.head, best + 1, now)
+                    && let Some(p) = self
+                        .statuses
+                        .iter()
+                        .find(|(_, s)| s.head >= end)
+                        .map(|(p, _)| *p)
+                {
+                    self.stats.lookups += 1;
+                    self.last_follow = now;
+                    let count = (end - start + 1).min(u64::from(MAX_BLOCKS_PER_REQUEST)) as u32;
+                    self.send(
+                        ctx.swarm,
+                        &p,
+                        BlockRequest::GetBlocks { start, count },
+                        Req::Lookup { pushed: None },
+                    );
                 }
                 if !self.setup.produce
                     && self.best_head() > self.head + LookupConfig::default().max_depth
@@ -1065,10 +1111,8 @@ impl ChainNode {
             .map(|(p, _)| *p)
             .collect();
         cands.sort();
-        let Some(p) = cands
-            .get((now.elapsed().subsec_nanos() as usize) % cands.len().max(1))
-            .copied()
-        else {
+        self.anchor_asks += 1;
+        let Some(p) = cands.get(self.anchor_asks % cands.len().max(1)).copied() else {
             return;
         };
         self.send(
@@ -1312,6 +1356,7 @@ impl ChainNode {
                     }
                     (Ok(_), ImportTag::Follow) => {
                         self.stats.imported_follow += count;
+                        self.last_follow = now;
                         self.follow_inflight = false;
                         // Relay the new head to everyone but the sender.
                         if let Some(b) = last {
@@ -1388,6 +1433,8 @@ impl ChainNode {
             }
             ExecKind::Adopted(r) => match r {
                 Ok(h) => {
+                    let out = self.data.join("incoming").join(format!("{h:020}"));
+                    let _ = std::fs::remove_file(session::manifest_path_for(&out));
                     self.event(&format!("checkpoint {h} adopted: state at height {h}"));
                     self.start_replay(now);
                 }

@@ -7,6 +7,7 @@ mod chain_node;
 mod demo;
 mod demo_net;
 mod fetch_driver;
+mod metrics;
 mod p2p;
 mod serve;
 mod session;
@@ -171,6 +172,9 @@ struct NetArgs {
     /// Write a JSON status (peers, connections, progress) here every 250 ms.
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl NetArgs {
@@ -188,6 +192,7 @@ impl NetArgs {
             min_peers: self.min_peers,
             max_peers: self.max_peers,
             status_file: self.status_file.clone(),
+            metrics: self.metrics,
         })
     }
 }
@@ -287,6 +292,9 @@ pub struct NodeArgs {
     addr_file: Option<PathBuf>,
     #[arg(long)]
     status_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// Serving limits: MiB/s per peer and overall, requests at once per peer.
     #[arg(long)]
     peer_rate_mib: Option<u64>,
@@ -404,6 +412,7 @@ pub fn run_node(a: NodeArgs, json: bool, quiet: bool) -> Result<ExitCode> {
         min_peers: 8,
         max_peers: 64,
         status_file: a.status_file,
+        metrics: a.metrics,
     };
     let cfg = net.cfg(json, quiet)?;
     std::fs::create_dir_all(&cfg.data)?;

@@ -42,6 +42,8 @@ pub struct NodeCfg {
     pub max_peers: usize,
     /// Write a JSON status here every tick (peers, connections, progress).
     pub status_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// A state sync to run.
@@ -206,6 +208,15 @@ pub async fn run(
         }
     }
 
+    let metrics = crate::metrics::Metrics::new();
+    if let Some(addr) = cfg.metrics {
+        crate::metrics::serve(addr, metrics.clone())
+            .await
+            .map_err(|e| format!("metrics on {addr}: {e}"))?;
+        log(&cfg, format!("metrics on http://{addr}/metrics"));
+    }
+    let mut fetch_base = [0u64; 3];
+    let mut fetch_last: (Option<u64>, [u64; 3]) = (None, [0; 3]);
     let mut pending: HashMap<OutboundRequestId, Pending> = HashMap::new();
     let mut silent_channels = Vec::new();
     let mut adverts: HashMap<PeerId, Advert> = HashMap::new();
@@ -495,6 +506,41 @@ pub async fn run(
             _ = tick.tick() => {
                 let now = Instant::now();
                 peers.tick(now);
+                {
+                    use crate::metrics::{gauge, set};
+                    let m = &metrics;
+                    if let Some(s) = server.as_ref() {
+                        set(&m.bytes_served, s.stats.bytes_served);
+                        set(&m.block_bytes_served, s.stats.block_bytes_served);
+                        set(&m.requests_served, s.stats.requests);
+                        set(&m.busy_answers, s.stats.busy);
+                        set(&m.not_found_answers, s.stats.not_found);
+                    }
+                    // Counters survive drivers being replaced (root switches).
+                    let cur = fetch.as_ref().map(|f| {
+                        let p = f.progress();
+                        (f.generation, [p.bytes_done, p.chunks_done, p.rejected_chunks], p.bytes_needed)
+                    });
+                    if cur.map(|c| c.0) != fetch_last.0 {
+                        for i in 0..3 {
+                            fetch_base[i] += fetch_last.1[i];
+                        }
+                        fetch_last = (cur.map(|c| c.0), [0; 3]);
+                    }
+                    if let Some((_, v, needed)) = cur {
+                        fetch_last.1 = v;
+                        gauge(&m.fetch_bytes_needed, needed);
+                    }
+                    set(&m.bytes_fetched, fetch_base[0] + fetch_last.1[0]);
+                    set(&m.chunks_verified, fetch_base[1] + fetch_last.1[1]);
+                    set(&m.chunks_rejected, fetch_base[2] + fetch_last.1[2]);
+                    gauge(&m.peers, connected.len() as u64);
+                    set(&m.dials, peers.stats.dials);
+                    set(&m.discoveries, peers.stats.discoveries);
+                    if let Some(c) = chain.as_ref() {
+                        c.update_metrics(m);
+                    }
+                }
                 if let Some(p) = &cfg.status_file {
                     let conns: HashMap<String, usize> = connected
                         .iter()

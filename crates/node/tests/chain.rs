@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Proc, s, spawn, wait_for};
+use common::{Proc, metric, s, scrape, spawn, wait_for};
 use serde_json::Value;
 use statesync_chain::BlockStore;
 use std::path::{Path, PathBuf};
@@ -151,7 +151,13 @@ fn a_late_joiner_state_syncs_backfills_and_follows() {
             "10",
         ],
     );
-    let (mut v0, a0) = net.validator(&[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let maddr = format!("127.0.0.1:{port}");
+    let (mut v0, a0) = net.validator(&["--metrics", &maddr]);
     let (mut f1, a1) = net.node("f1", &["--peer", &a0]);
     wait_for("f1 following", Duration::from_secs(60), || {
         net.phase("f1") == "Following" && net.head("v0") >= 30
@@ -173,6 +179,19 @@ fn a_late_joiner_state_syncs_backfills_and_follows() {
         "{events:?}"
     );
     let joiner_head = sum["head"].as_u64().unwrap();
+    let m = scrape(port);
+    assert!(
+        metric(&m, "statesync_chain_head").unwrap_or(0.0) >= joiner_head as f64 - 5.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "statesync_served_block_bytes_total").unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "statesync_blocks_produced_total").unwrap_or(0.0) >= joiner_head as f64 - 5.0,
+        "{m}"
+    );
     assert_eq!(v0.terminate(), Some(143));
     assert_eq!(f1.terminate(), Some(143));
     let (low, high) = same_chain(&net.blocks("v0"), &net.blocks("j"));

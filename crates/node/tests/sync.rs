@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Proc, bin, s, spawn, wait_for};
+use common::{Proc, bin, metric, s, scrape, spawn, wait_for};
 use serde_json::Value;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -789,4 +789,69 @@ fn in_place_sync_consumes_a_stale_checkpoint_and_survives_sigkill() {
         ok_json(&["verify", s(&out), "--manifest", s(&m)])["ok"],
         true
     );
+}
+
+/// A node that knows only a bootstrap peer finds the others through
+/// Kademlia and connects to them (below --min-peers), and both sides expose
+/// Prometheus metrics.
+#[test]
+fn kademlia_discovers_peers_beyond_the_bootstrap_and_metrics_are_served() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 8, "4MiB", "12");
+    let mport = free_port();
+    let mp = format!("127.0.0.1:{mport}");
+    let (_a, addr_a) = serve(d.path(), "a", &store, &["--metrics", &mp]);
+    // b and c serve another checkpoint: only a has the root fetched below.
+    let (other, _) = make_store(d.path(), "other", 2, "64KiB", "13");
+    let (_b, addr_b) = serve(d.path(), "b", &other, &["--peer", &addr_a]);
+    let status = d.path().join("c.status");
+    let _c = serve(
+        d.path(),
+        "c",
+        &other,
+        &[
+            "--peer",
+            &addr_a,
+            "--min-peers",
+            "2",
+            "--status-file",
+            s(&status),
+        ],
+    );
+    let b_id = peer_id(&addr_b);
+    wait_for("c to find b through a", Duration::from_secs(60), || {
+        status_of(&status).is_some_and(|v| v["connections"].get(&b_id).is_some())
+    });
+    let v = status_of(&status).unwrap();
+    assert!(v["discoveries"].as_u64().unwrap() >= 1, "{v}");
+    // A fetch from a; a's metrics show it.
+    let out = d.path().join("out");
+    ok_json(&[
+        "fetch",
+        "--root",
+        &root,
+        "--out",
+        s(&out),
+        "--data",
+        s(&d.path().join("f")),
+        "--peer",
+        &addr_a,
+    ]);
+    // Values refresh every 250 ms.
+    let mut m;
+    let t = Instant::now();
+    loop {
+        m = scrape(mport);
+        if metric(&m, "statesync_served_bytes_total").unwrap_or(0.0) >= (3 << 20) as f64 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no served bytes in the metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(metric(&m, "statesync_peers").unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(metric(&m, "statesync_busy_answers_total").is_some(), "{m}");
 }
