@@ -522,8 +522,8 @@ pub async fn run(
                         (f.generation, [p.bytes_done, p.chunks_done, p.rejected_chunks], p.bytes_needed)
                     });
                     if cur.map(|c| c.0) != fetch_last.0 {
-                        for i in 0..3 {
-                            fetch_base[i] += fetch_last.1[i];
+                        for (b, l) in fetch_base.iter_mut().zip(fetch_last.1) {
+                            *b += l;
                         }
                         fetch_last = (cur.map(|c| c.0), [0; 3]);
                     }
