@@ -196,7 +196,8 @@ fn a_late_joiner_state_syncs_backfills_and_follows() {
     assert_eq!(f1.terminate(), Some(143));
     let (low, high) = same_chain(&net.blocks("v0"), &net.blocks("j"));
     assert_eq!(low, 1, "history not backfilled to genesis");
-    assert_eq!(high, joiner_head);
+    // The executor may have stored one more block while the loop was exiting.
+    assert!(high >= joiner_head, "{high} < {joiner_head}");
     // The joiner's checkpoints verify against their manifests.
     let (store, _) = statesync_store::Store::open(t.path().join("j/store")).unwrap();
     let cps = store.list().unwrap();
@@ -337,6 +338,7 @@ fn ic_incident_scaled_state_sync_slower_than_checkpoints() {
     );
     finish(&mut j, "joiner", Duration::from_secs(240));
     let took = start.elapsed();
+    let validator_head = net.head("v0");
     let sum = net.summary("j");
     let fetched = sum["stats"]["state_bytes_fetched"].as_u64().unwrap();
     eprintln!("scaled incident: joiner reached the head and followed; {took:.1?} in all, {sum}");
@@ -352,10 +354,77 @@ fn ic_incident_scaled_state_sync_slower_than_checkpoints() {
         sum["stats"]["imported_follow"].as_u64().unwrap() >= 1,
         "{sum}"
     );
+    // At exit the joiner was at the head: within a few blocks of the
+    // validator's status (written every 250 ms, i.e. ~3 blocks stale).
     let head = sum["head"].as_u64().unwrap();
     assert!(
-        head + 5 >= net.head("v0").min(head + 5),
-        "joiner head {head}"
+        head + 6 >= validator_head,
+        "joiner at {head}, validator at {validator_head}"
+    );
+    assert_eq!(v0.terminate(), Some(143));
+    same_chain(&net.blocks("v0"), &net.blocks("j"));
+}
+
+/// NEAR's "restart during sync left nodes unbootable": a joiner killed by
+/// SIGKILL in the middle of its state sync restarts, reuses what it had
+/// fetched (even though the chain has a newer checkpoint by then) and
+/// reaches the head.
+#[test]
+fn a_joiner_killed_mid_state_sync_restarts_and_keeps_its_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let state: u64 = 64 << 20;
+    let net = Net::new(
+        t.path(),
+        &[
+            "--state-mib",
+            "64",
+            "--block-ms",
+            "100",
+            "--checkpoint-interval",
+            "10",
+            "--hot-percent",
+            "3",
+        ],
+    );
+    let (mut v0, a0) = net.validator(&["--peer-rate-mib", "12", "--global-rate-mib", "12"]);
+    wait_for("a checkpoint", Duration::from_secs(60), || {
+        net.head("v0") >= 12
+    });
+    let (j, _) = net.node("j", &["--peer", &a0]);
+    let fetched = || {
+        std::fs::read(t.path().join("j.status"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["fetch"]["bytes_done"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_for("half the state fetched", Duration::from_secs(60), || {
+        fetched() >= state / 2
+    });
+    let before = fetched();
+    drop(j); // SIGKILL mid-transfer
+    let (mut j, _) = net.node(
+        "j",
+        &[
+            "--peer",
+            &a0,
+            "--exit-after-following",
+            "2",
+            "--horizon",
+            "0",
+        ],
+    );
+    finish(&mut j, "restarted joiner", Duration::from_secs(120));
+    let sum = net.summary("j");
+    let refetched = sum["stats"]["state_bytes_fetched"].as_u64().unwrap();
+    let reused = sum["stats"]["state_bytes_reused"].as_u64().unwrap();
+    assert!(
+        reused >= before / 2,
+        "kept only {reused} of the {before} fetched before the crash: {sum}"
+    );
+    assert!(
+        refetched + before / 2 <= state + state / 4,
+        "refetched {refetched}: {sum}"
     );
     assert_eq!(v0.terminate(), Some(143));
     same_chain(&net.blocks("v0"), &net.blocks("j"));
