@@ -254,6 +254,7 @@ pub struct ChainNode {
     pending_anchor: Option<Block>,
     anchor_asks: usize,
     last_follow: Instant,
+    unserved_since: Option<Instant>,
     /// Measured rates for the decision.
     replay_bps: f64,
     fetch_bps: f64,
@@ -368,6 +369,7 @@ impl ChainNode {
             pending_anchor: None,
             anchor_asks: 0,
             last_follow: now,
+            unserved_since: None,
             replay_bps: 500.0,
             fetch_bps: 50e6,
             last_range_done: None,
@@ -836,7 +838,31 @@ impl ChainNode {
             }
             Phase::StateSync { height, .. } => {
                 let height = *height;
-                self.check_switch(ctx, height, now);
+                // Nobody serves it any more and nothing newer is offered:
+                // give it up after a while and decide again (what was
+                // fetched stays in the staging area for the next plan).
+                let usable = ctx.fetch.as_ref().is_some_and(|f| f.usable_peers() > 0);
+                if usable {
+                    self.unserved_since = None;
+                } else if self.unserved_since.is_none() {
+                    self.unserved_since = Some(now);
+                }
+                if self
+                    .unserved_since
+                    .is_some_and(|t| now.duration_since(t) > Duration::from_secs(30))
+                {
+                    self.unserved_since = None;
+                    if let Some(f) = ctx.fetch.as_mut() {
+                        f.stop();
+                    }
+                    *ctx.fetch = None;
+                    self.event(&format!(
+                        "nobody serves checkpoint {height} any more: deciding again"
+                    ));
+                    self.set_phase(Phase::Waiting { since: now });
+                } else {
+                    self.check_switch(ctx, height, now);
+                }
             }
             Phase::Replay => {
                 let done = self.forward.as_ref().is_some_and(|f| f.is_done());
@@ -1201,6 +1227,7 @@ impl ChainNode {
             *ctx.fetch = None;
         }
         self.switch_asked = None;
+        self.unserved_since = None;
         self.last_switch = Instant::now();
         let root = anchor.header.state_root;
         let out = self.data.join("incoming").join(format!("{height:020}"));

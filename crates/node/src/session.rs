@@ -522,21 +522,16 @@ impl Writer {
         if let Some(e) = self.sync_failed() {
             return Err(e);
         }
-        let verdicts: Vec<std::result::Result<(), String>> = chunks
-            .par_iter()
-            .map(|(i, data)| match m.chunks().get(*i as usize) {
-                None => Err(format!("no chunk {i} in the manifest")),
-                Some(c) => statesync_manifest::format::verify_chunk_data(*i, c, data)
-                    .map_err(|e| e.to_string()),
-            })
-            .collect();
-        let mut out = Vec::with_capacity(chunks.len());
-        for ((i, data), verdict) in chunks.into_iter().zip(verdicts) {
-            if verdict.is_err() {
-                out.push((i, verdict));
+        // Open the target files first (sequential: the handle cache), then
+        // verify and write every chunk in parallel: the kernel's copy into
+        // the page cache is the most expensive step of a fetch, and a single
+        // writer thread would serialise it.
+        let mut targets: Vec<Option<Arc<File>>> = Vec::with_capacity(chunks.len());
+        for (i, _) in &chunks {
+            let Some(c) = m.chunks().get(*i as usize) else {
+                targets.push(None);
                 continue;
-            }
-            let c = &m.chunks()[i as usize];
+            };
             let file = match self.files.entry(c.file) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut().clone(),
                 std::collections::hash_map::Entry::Vacant(v) => {
@@ -550,12 +545,39 @@ impl Writer {
                     .clone()
                 }
             };
-            file.write_all_at(&data, c.offset)
-                .map_err(|e| format!("write {}: {e}", m.files()[c.file as usize].path))?;
-            self.dirty.insert(c.file, file);
-            self.pending.push(i);
-            self.pending_bytes += data.len() as u64;
-            out.push((i, Ok(())));
+            targets.push(Some(file));
+        }
+        // Per chunk: Ok(Ok(())) written, Ok(Err) bad data (the peer's
+        // fault), Err a local write failure.
+        type Outcome = std::result::Result<std::result::Result<(), String>, String>;
+        let outcomes: Vec<Outcome> = chunks
+            .par_iter()
+            .zip(targets.par_iter())
+            .map(|((i, data), file)| {
+                let (Some(c), Some(file)) = (m.chunks().get(*i as usize), file) else {
+                    return Ok(Err(format!("no chunk {i} in the manifest")));
+                };
+                if let Err(e) = statesync_manifest::format::verify_chunk_data(*i, c, data) {
+                    return Ok(Err(e.to_string()));
+                }
+                file.write_all_at(data, c.offset)
+                    .map(Ok)
+                    .map_err(|e| format!("write {}: {e}", m.files()[c.file as usize].path))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(chunks.len());
+        for (((i, data), outcome), file) in chunks.into_iter().zip(outcomes).zip(targets) {
+            match outcome? {
+                Err(bad) => out.push((i, Err(bad))),
+                Ok(()) => {
+                    if let (Some(f), Some(c)) = (file, m.chunks().get(i as usize)) {
+                        self.dirty.insert(c.file, f);
+                    }
+                    self.pending.push(i);
+                    self.pending_bytes += data.len() as u64;
+                    out.push((i, Ok(())));
+                }
+            }
         }
         if self.pending_bytes >= self.commit_bytes
             || self.last_commit.elapsed() >= self.commit_every
