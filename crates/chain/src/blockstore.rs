@@ -161,7 +161,10 @@ impl BlockStore {
                         .map_err(db)?
                         .map(|v| v.value().to_vec())
                         .ok_or_else(|| StoreError::Db(format!("head block {high} missing")))?;
-                    (high, Block::decode(&raw)?.hash())
+                    // Our own stored block: a decode failure is local.
+                    let b = Block::decode(&raw)
+                        .map_err(|e| StoreError::Db(format!("stored head {high}: {e}")))?;
+                    (high, b.hash())
                 }
                 None => (0, *genesis_parent),
             };
@@ -210,7 +213,9 @@ impl BlockStore {
                 .map_err(db)?
                 .map(|v| v.value().to_vec())
                 .ok_or_else(|| StoreError::Db(format!("low block {low} missing")))?;
-            let mut child = Block::decode(&raw)?.header;
+            let mut child = Block::decode(&raw)
+                .map_err(|e| StoreError::Db(format!("stored block {low}: {e}")))?
+                .header;
             for b in blocks {
                 if b.height() + 1 != child.height {
                     return Err(StoreError::NotContiguous {

@@ -25,9 +25,13 @@ pub enum ImportError {
     /// The block is invalid: the peer that sent it is at fault.
     #[error("bad block: {0}")]
     Bad(#[from] ChainError),
-    /// Our own failure (disk, database, divergence): nobody's else.
+    /// Our own failure (disk, database): nobody else's; retry later.
     #[error("local failure: {0}")]
     Local(String),
+    /// Our state diverged from the chain's committed root: a critical error,
+    /// never retried silently (the IC treats it the same way).
+    #[error("fatal: {0}")]
+    Fatal(String),
 }
 
 fn local<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ImportError + '_ {
@@ -340,7 +344,11 @@ impl Replica {
                 let root = self.checkpoint(b)?;
                 rep.checkpoint_secs += t.elapsed().as_secs_f64();
                 if root != b.header.state_root {
-                    return Err(ImportError::Local(format!(
+                    // Never keep or serve a checkpoint the chain does not
+                    // commit to.
+                    let _ = self.store.remove(h);
+                    let _ = std::fs::remove_file(anchor_path(&self.data, h));
+                    return Err(ImportError::Fatal(format!(
                         "state diverged at {h}: computed root {root}, the header commits {}",
                         b.header.state_root
                     )));
@@ -359,16 +367,39 @@ impl Replica {
         live.sync().map_err(local("flush live state"))?;
         let changes = live.take_changes();
         let dir = live.dir().to_path_buf();
+        let r = self.create_checkpoint(h, &dir, changes.clone(), Some(b));
+        if r.is_err()
+            && let Some(l) = self.live.as_mut()
+        {
+            // The writes must be in the next checkpoint's change set, or it
+            // would link stale files from the previous one.
+            l.restore_changes(changes);
+        }
+        r
+    }
+
+    fn create_checkpoint(
+        &mut self,
+        h: u64,
+        dir: &Path,
+        changes: statesync_manifest::ChangeSet,
+        anchor: Option<&Block>,
+    ) -> Result<Hash, ImportError> {
         let opts = CreateOptions {
             changes: Some(changes),
             ..CreateOptions::default()
         };
-        write_durable(&anchor_path(&self.data, h), &b.encode()).map_err(local("write anchor"))?;
+        if let Some(b) = anchor {
+            write_durable(&anchor_path(&self.data, h), &b.encode())
+                .map_err(local("write anchor"))?;
+        }
         let c = self
             .store
-            .create_from_dir(h, &dir, &opts)
+            .create_from_dir(h, dir, &opts)
             .map_err(local("create checkpoint"))?;
-        self.retain()?;
+        if anchor.is_some() {
+            self.retain()?;
+        }
         Ok(c.info.root)
     }
 
@@ -396,35 +427,51 @@ impl Replica {
 
     /// The leader's step: builds block head+1 from the generated
     /// transactions, executes it, checkpoints when due (the header commits
-    /// the root), signs it with `keys` and stores it.
+    /// the root), signs it with `keys` and stores it. On failure the live
+    /// state is rebuilt, so a failed step leaves nothing half done.
     pub fn produce(
         &mut self,
         keys: &[(u16, ValidatorKey)],
         time_ms: u64,
     ) -> Result<Block, ImportError> {
+        let txs = self.spec.gen_txs(self.head().0 + 1);
+        self.produce_txs(keys, time_ms, txs)
+    }
+
+    /// [`Replica::produce`] with the given transactions (a mempool's).
+    pub fn produce_txs(
+        &mut self,
+        keys: &[(u16, ValidatorKey)],
+        time_ms: u64,
+        txs: Vec<crate::types::Tx>,
+    ) -> Result<Block, ImportError> {
+        let r = self.produce_inner(keys, time_ms, txs);
+        if r.is_err() && self.live.is_some() {
+            self.rebuild()?;
+        }
+        r
+    }
+
+    fn produce_inner(
+        &mut self,
+        keys: &[(u16, ValidatorKey)],
+        time_ms: u64,
+        txs: Vec<crate::types::Tx>,
+    ) -> Result<Block, ImportError> {
         let (head, parent) = self.head();
         let h = head + 1;
-        let txs = self.spec.gen_txs(h);
         let unsigned = self
             .spec
             .produce(parent, h, txs.clone(), Hash::ZERO, time_ms, &[]);
         self.live()?.apply(&unsigned).map_err(local("execute"))?;
         let root = if self.spec.is_checkpoint(h) {
-            // The anchor must be the final block; checkpoint first, then
-            // rewrite the anchor with the signed block.
+            // Checkpoint first (the header commits its root); the anchor
+            // is written with the signed block.
             let live = self.live()?;
             live.sync().map_err(local("flush live state"))?;
             let changes = live.take_changes();
             let dir = live.dir().to_path_buf();
-            let opts = CreateOptions {
-                changes: Some(changes),
-                ..CreateOptions::default()
-            };
-            let c = self
-                .store
-                .create_from_dir(h, &dir, &opts)
-                .map_err(local("create checkpoint"))?;
-            c.info.root
+            self.create_checkpoint(h, &dir, changes, None)?
         } else {
             Hash::ZERO
         };
@@ -438,6 +485,55 @@ impl Replica {
             .append(std::slice::from_ref(&b), &self.spec.id)?;
         self.head_hash = b.hash();
         Ok(b)
+    }
+
+    /// Rebuilds the live state from the latest checkpoint and replays the
+    /// stored blocks above it (what `open` does after a crash).
+    pub fn rebuild(&mut self) -> Result<(), ImportError> {
+        loop {
+            let Some(latest) = self.store.latest().map_err(local("list checkpoints"))? else {
+                return Ok(());
+            };
+            // A checkpoint without an anchor (a failed step) is dropped.
+            if latest.height > 0 && !anchor_path(&self.data, latest.height).exists() {
+                self.store
+                    .remove(latest.height)
+                    .map_err(local("remove unanchored checkpoint"))?;
+                continue;
+            }
+            self.live = Some(
+                LiveState::from_checkpoint(
+                    &latest.path,
+                    &self.data.join("live"),
+                    StateLayout::of(&self.spec.genesis),
+                    latest.height,
+                )
+                .map_err(local("link live state"))?,
+            );
+            self.head_hash = match latest.height {
+                0 => self.spec.id,
+                h => self
+                    .blocks
+                    .get(h)?
+                    .map(|b| b.hash())
+                    .ok_or_else(|| ImportError::Local(format!("block {h} missing")))?,
+            };
+            if let Some((_, high)) = self.blocks.bounds()? {
+                let mut h = latest.height + 1;
+                while h <= high {
+                    let end = (h + 255).min(high);
+                    let mut batch = Vec::new();
+                    for x in h..=end {
+                        batch.push(self.blocks.get(x)?.ok_or_else(|| {
+                            ImportError::Local(format!("stored block {x} missing"))
+                        })?);
+                    }
+                    self.execute(&batch, end == high)?;
+                    h = end + 1;
+                }
+            }
+            return Ok(());
+        }
     }
 
     /// Backfill: verified blocks below `low`, in descending order.

@@ -184,6 +184,14 @@ impl LiveState {
         c
     }
 
+    /// Puts back a change set taken for a checkpoint that failed.
+    pub fn restore_changes(&mut self, c: ChangeSet) {
+        for (path, ranges) in c.written {
+            self.changes.written.entry(path).or_default().extend(ranges);
+        }
+        self.changes.removed.extend(c.removed);
+    }
+
     /// Flushes written files to disk (before a checkpoint is copied).
     pub fn sync(&mut self) -> std::io::Result<()> {
         for f in self.open.values() {

@@ -297,3 +297,75 @@ fn an_unanchored_checkpoint_is_dropped_on_open() {
     assert_eq!(rep.checkpoint, 5);
     assert_eq!(r.head().0, 12);
 }
+
+/// A checkpoint that cannot be written (here: the store's staging area is
+/// broken) fails the step without losing anything: the leader's live state
+/// is rebuilt and the block produced again; a follower keeps the writes in
+/// its next change set, so its next checkpoint still has the committed root.
+#[test]
+fn a_failed_checkpoint_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (spec, keys) = small(5);
+    let break_staging = |data: &Path| {
+        let st = data.join("store/staging");
+        std::fs::remove_dir_all(&st).unwrap();
+        std::fs::write(&st, b"not a directory").unwrap();
+    };
+    let repair_staging = |data: &Path| {
+        let st = data.join("store/staging");
+        std::fs::remove_file(&st).unwrap();
+        std::fs::create_dir(&st).unwrap();
+    };
+    // Leader.
+    let a = t.path().join("a");
+    let (mut leader, _) = Replica::open(&a, spec.clone()).unwrap();
+    let mut blocks: Vec<Block> = (0..4).map(|i| leader.produce(&keys, i).unwrap()).collect();
+    break_staging(&a);
+    assert!(matches!(
+        leader.produce(&keys, 4),
+        Err(ImportError::Local(_))
+    ));
+    assert_eq!(
+        leader.head().0,
+        4,
+        "a failed step must not advance the head"
+    );
+    repair_staging(&a);
+    for i in 4..12 {
+        blocks.push(leader.produce(&keys, 100 + i).unwrap());
+    }
+    // Follower, on a chain whose block 5 writes a file no later block
+    // touches: the failed checkpoint's writes must reach checkpoint 10.
+    let c = t.path().join("c");
+    let (mut leader2, _) = Replica::open(&c, spec.clone()).unwrap();
+    let slots_per_file = spec.genesis.file_size as u64 / 64;
+    let tx = |key: u64, v: u8| statesync_chain::Tx {
+        key,
+        value: vec![v; 20],
+    };
+    let mut chain2 = Vec::new();
+    for h in 1..=12u64 {
+        let key = if h == 5 { 3 * slots_per_file + 7 } else { h };
+        chain2.push(
+            leader2
+                .produce_txs(&keys, h, vec![tx(key, h as u8)])
+                .unwrap(),
+        );
+    }
+    let b = t.path().join("b");
+    let (mut f, _) = Replica::open(&b, spec.clone()).unwrap();
+    f.checkpoint_every = true;
+    f.import(&chain2[..4]).unwrap();
+    break_staging(&b);
+    assert!(matches!(
+        f.import(&chain2[4..5]),
+        Err(ImportError::Local(_))
+    ));
+    repair_staging(&b);
+    let r = f.import(&chain2[5..]).unwrap();
+    assert_eq!(r.checkpoints.len(), 1, "{r:?}");
+    assert_eq!(f.head(), leader2.head());
+    let m = f.store.load_manifest(10).unwrap();
+    assert_eq!(m.root(), chain2[9].header.state_root);
+    statesync_manifest::verify_dir(&f.store.state_dir(10), &m, None).unwrap();
+}

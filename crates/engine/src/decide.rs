@@ -72,7 +72,7 @@ pub fn decide(i: &Inputs) -> Decision {
         let moved = (fetch * i.produced_blocks_per_sec).ceil() as u64;
         fetch
             + replay_secs(
-                i.head.saturating_sub(cp) + moved,
+                i.head.saturating_sub(cp).saturating_add(moved),
                 i.replay_blocks_per_sec,
                 i.produced_blocks_per_sec,
             )

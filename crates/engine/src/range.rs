@@ -166,6 +166,8 @@ pub struct Stats {
     pub empty: u64,
     pub bad: u64,
     pub busy: u64,
+    /// Answers with a valid prefix of the range (the rest re-queued).
+    pub partial: u64,
     pub local_failures: u64,
     pub blocks_received: u64,
     pub batches_processed: u64,
@@ -307,24 +309,24 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
             .max()
             .unwrap_or(self.processed);
         self.target = best.max(self.processed);
-        // Batches above what anyone claims are dropped (they would wait for
-        // a peer forever), unless already downloaded.
+        // Batches above what anyone claims would wait for a peer forever:
+        // trim the tail of batches not yet requested, from the top, down to
+        // the first one that is in flight or done (never below it, so the
+        // cursor never moves under a live batch).
         let target = self.target;
-        let drop: Vec<u64> = self
-            .batches
-            .values()
-            .filter(|b| b.start > target && b.state == BatchState::AwaitingDownload)
-            .map(|b| b.start)
-            .collect();
-        for s in drop {
-            self.batches.remove(&s);
-            self.cursor = self.cursor.min(s);
-        }
-        // A batch not yet downloaded that straddles the target shrinks to it.
-        for b in self.batches.values_mut() {
-            if b.state == BatchState::AwaitingDownload && b.start <= target && b.end > target {
-                b.end = target;
-                self.cursor = self.cursor.min(target + 1);
+        while let Some((&start, b)) = self.batches.iter().next_back() {
+            if b.state != BatchState::AwaitingDownload || b.end <= target {
+                break;
+            }
+            if start > target {
+                self.batches.remove(&start);
+                self.cursor = start;
+            } else {
+                if let Some(b) = self.batches.get_mut(&start) {
+                    b.end = target;
+                }
+                self.cursor = target + 1;
+                break;
             }
         }
     }
@@ -391,6 +393,14 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
                     (start, end)
                 }
             };
+            if let Some(existing) = self.batches.get(&start) {
+                // Already covered (the tail was trimmed and regrown): move on.
+                self.cursor = match self.dir {
+                    Direction::Forward => existing.end + 1,
+                    Direction::Backward => existing.start,
+                };
+                continue;
+            }
             self.batches.insert(
                 start,
                 Batch {
@@ -561,7 +571,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
         };
         let (bs, be) = (b.start, b.end);
         let want = (be - bs + 1) as usize;
-        let shape = if blocks.is_empty() || blocks.len() < want {
+        let shape = if blocks.is_empty() {
             Err(None)
         } else if blocks.len() > want {
             Err(Some(format!("{} blocks for {want} heights", blocks.len())))
@@ -590,21 +600,43 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
                 if let Some(s) = self.peers.get_mut(&p) {
                     s.score = (s.score + SCORE_GOOD).min(SCORE_MAX);
                 }
+                let got = blocks.len() as u64;
                 if let Some(b) = self.batches.get_mut(&start) {
                     b.state = BatchState::AwaitingProcessing;
                     b.peer = Some(p);
                     b.blocks = blocks;
                     b.not_before = None;
+                    b.end = bs + got - 1;
+                }
+                if got < want as u64 {
+                    // A valid prefix (the server's size budget, or it has no
+                    // more yet): keep it, queue the rest as its own batch.
+                    self.stats.partial += 1;
+                    self.batches.insert(
+                        bs + got,
+                        Batch {
+                            start: bs + got,
+                            end: be,
+                            state: BatchState::AwaitingDownload,
+                            peer: None,
+                            req: None,
+                            deadline: None,
+                            not_before: None,
+                            blocks: Vec::new(),
+                            download_attempts: 0,
+                            processing_attempts: 0,
+                            failed_peers: Vec::new(),
+                        },
+                    );
                 }
             }
             Err(None) => {
-                // The peer lacks (part of) the range: mild, and stop asking
-                // it for heights it has shown it does not have.
+                // The peer has none of the range: mild, and stop asking it
+                // for heights it has shown it does not have.
                 self.stats.empty += 1;
-                let have_up_to = bs + blocks.len() as u64;
                 if let Some(s) = self.peers.get_mut(&p) {
                     match self.dir {
-                        Direction::Forward => s.high = s.high.min(have_up_to.saturating_sub(1)),
+                        Direction::Forward => s.high = s.high.min(bs.saturating_sub(1)),
                         Direction::Backward => s.low = s.low.max(be + 1),
                     }
                 }

@@ -57,6 +57,8 @@ enum Mode {
     Forger,
     /// Forges only the batch starting at this height.
     ForgeBatch(u64),
+    /// Answers at most this many blocks per request (a size budget).
+    Capped(u64),
 }
 
 struct SimPeer {
@@ -133,6 +135,7 @@ impl Sim {
                     .map(|h| block(h, if s == start { 9 } else { 0 }))
                     .collect(),
             ),
+            Mode::Capped(n) => Some(range.take(n as usize).map(|h| block(h, 0)).collect()),
         }
     }
 
@@ -475,4 +478,68 @@ fn busy_is_not_a_fault_missing_is_mild() {
     let (p2, id2) = reqs[1];
     rs.handle_failure(id2, RequestFault::Missing, t);
     assert!(rs.peer_score(&p2).unwrap() < SCORE_INITIAL);
+}
+
+#[test]
+fn a_size_capped_peer_is_not_penalised_and_its_prefixes_are_kept() {
+    let mut s = Sim::new(RangeSync::forward(0, cfg()), 0);
+    s.add(0, Mode::Capped(5), 1, 200, 5);
+    s.run(Duration::from_secs(600));
+    assert_eq!(s.head, 200);
+    assert!(s.rs.stats.partial > 0);
+    assert!(s.banned.is_empty());
+    assert!(s.rs.peer_score(&0).unwrap() >= SCORE_INITIAL);
+    assert_eq!(s.processed_blocks, (1..=200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_claim_lowered_then_raised_again_leaks_no_request_slots() {
+    // The only peer answers NOT_FOUND for one batch (its claim drops below
+    // it), then its status raises the claim again, repeatedly: batches in
+    // flight must never be overwritten, and its request slots never leak.
+    // Bans are short here: the point is what happens to the batches.
+    let mut rs: RangeSync<u32, B> = RangeSync::forward(
+        0,
+        Config {
+            ban_time: Duration::from_secs(1),
+            ..cfg()
+        },
+    );
+    let t = Instant::now();
+    rs.update_peer(1, 1, 1000, t);
+    let mut now = t;
+    let mut head = 0u64;
+    for round in 0..2000 {
+        let mut reqs = Vec::new();
+        let mut procs = Vec::new();
+        while let Some(a) = rs.poll_action() {
+            match a {
+                Action::Request {
+                    id, start, count, ..
+                } => reqs.push((id, start, count)),
+                Action::Process { batch, blocks } => procs.push((batch, blocks)),
+                Action::Banned { .. } => {}
+            }
+        }
+        for (batch, blocks) in procs {
+            assert_eq!(blocks[0].h, head + 1);
+            head = blocks.last().unwrap().h;
+            rs.processed(batch, Processed::Ok, now);
+        }
+        for (i, (id, start, count)) in reqs.into_iter().enumerate() {
+            if round % 3 == 0 && i == 0 {
+                rs.handle_failure(id, RequestFault::Missing, now);
+                rs.update_peer(1, 1, 1000, now);
+            } else {
+                let blocks = (start..start + count).map(|h| block(h, 0)).collect();
+                rs.handle_blocks(id, &1, blocks, now);
+            }
+        }
+        now += Duration::from_millis(600);
+        rs.handle_timeout(now);
+        if rs.is_done() {
+            break;
+        }
+    }
+    assert_eq!(head, 1000, "stuck at {head}: {:?}", rs.batch_states());
 }

@@ -255,6 +255,8 @@ pub struct ChainNode {
     anchor_asks: usize,
     last_follow: Instant,
     unserved_since: Option<Instant>,
+    /// Peers whose checkpoint claims proved false.
+    distrusted: HashSet<PeerId>,
     /// Measured rates for the decision.
     replay_bps: f64,
     fetch_bps: f64,
@@ -370,6 +372,7 @@ impl ChainNode {
             anchor_asks: 0,
             last_follow: now,
             unserved_since: None,
+            distrusted: HashSet::new(),
             replay_bps: 500.0,
             fetch_bps: 50e6,
             last_range_done: None,
@@ -691,6 +694,18 @@ impl ChainNode {
                     }
                     _ => None,
                 };
+                // Only the answer we are waiting for: a late answer must not
+                // start a state sync while replaying (never both at once).
+                let wanted = match &self.phase {
+                    Phase::AwaitAnchor { height: h, .. } => *h == height,
+                    Phase::StateSync { height: cur, .. } => {
+                        self.switch_asked.is_some() && height > *cur
+                    }
+                    _ => false,
+                };
+                if !wanted {
+                    return;
+                }
                 match anchor {
                     Some(b)
                         if b.height() == height
@@ -700,6 +715,9 @@ impl ChainNode {
                         self.anchor_ready(b);
                     }
                     _ => {
+                        // It claimed a checkpoint it cannot prove: ignore
+                        // its checkpoint claims from now on.
+                        self.distrusted.insert(peer);
                         self.log(&format!(
                             "checkpoint header {height} from {peer} unusable; deciding again"
                         ));
@@ -865,6 +883,9 @@ impl ChainNode {
                 }
             }
             Phase::Replay => {
+                if self.forward.is_none() {
+                    self.start_replay(now);
+                }
                 let done = self.forward.as_ref().is_some_and(|f| f.is_done());
                 if done && self.head + decide::FOLLOW_DISTANCE >= self.best_head() {
                     self.forward = None;
@@ -880,9 +901,11 @@ impl ChainNode {
                             "replay is too slow ({}): state sync instead",
                             d.reason
                         ));
-                        self.forward = None;
                         self.decision = Some(d);
-                        self.ask_anchor(ctx.swarm, height, now);
+                        if self.ask_anchor(ctx.swarm, height, now) {
+                            // Never both at once: replay stops here.
+                            self.forward = None;
+                        }
                     }
                 }
             }
@@ -1056,8 +1079,9 @@ impl ChainNode {
         };
         let checkpoint = self
             .statuses
-            .values()
-            .map(|s| s.checkpoint)
+            .iter()
+            .filter(|(p, _)| !self.distrusted.contains(*p))
+            .map(|(_, s)| s.checkpoint)
             .filter(|c| *c > 0 && self.spec.is_checkpoint(*c))
             .max();
         let mut d = decide::decide(&Inputs {
@@ -1125,21 +1149,27 @@ impl ChainNode {
                 // Else: wait for a checkpoint to be offered.
             }
             Plan::Replay => self.start_replay(now),
-            Plan::StateSync { height } => self.ask_anchor(swarm, height, now),
+            Plan::StateSync { height } => {
+                self.ask_anchor(swarm, height, now);
+            }
         }
     }
 
-    fn ask_anchor(&mut self, swarm: &mut Swarm<Behaviour>, height: u64, now: Instant) {
+    /// Asks a peer for the header of checkpoint `height`; false if no peer
+    /// can serve it.
+    fn ask_anchor(&mut self, swarm: &mut Swarm<Behaviour>, height: u64, now: Instant) -> bool {
         let mut cands: Vec<PeerId> = self
             .statuses
             .iter()
-            .filter(|(_, s)| s.low.max(1) <= height && s.head >= height)
+            .filter(|(p, s)| {
+                s.low.max(1) <= height && s.head >= height && !self.distrusted.contains(*p)
+            })
             .map(|(p, _)| *p)
             .collect();
         cands.sort();
         self.anchor_asks += 1;
         let Some(p) = cands.get(self.anchor_asks % cands.len().max(1)).copied() else {
-            return;
+            return false;
         };
         self.send(
             swarm,
@@ -1155,6 +1185,7 @@ impl ChainNode {
         } else {
             self.set_phase(Phase::AwaitAnchor { height, asked: now });
         }
+        true
     }
 
     fn check_switch(&mut self, ctx: &mut Ctx<'_>, current: u64, now: Instant) {
@@ -1172,8 +1203,9 @@ impl ChainNode {
         }
         let Some(newer) = self
             .statuses
-            .values()
-            .map(|s| s.checkpoint)
+            .iter()
+            .filter(|(p, _)| !self.distrusted.contains(*p))
+            .map(|(_, s)| s.checkpoint)
             .filter(|c| *c > current && self.spec.is_checkpoint(*c))
             .max()
         else {
@@ -1229,6 +1261,7 @@ impl ChainNode {
         self.switch_asked = None;
         self.unserved_since = None;
         self.last_switch = Instant::now();
+        self.forward = None;
         let root = anchor.header.state_root;
         let out = self.data.join("incoming").join(format!("{height:020}"));
         std::fs::create_dir_all(self.data.join("incoming"))?;
@@ -1369,6 +1402,11 @@ impl ChainNode {
                 secs,
                 last,
             } => {
+                if let Err(ImportError::Fatal(e)) = &result {
+                    self.event(&format!("FATAL: {e}; stopping (a restart rebuilds the state from the last good checkpoint)"));
+                    self.write_summary();
+                    return Err(format!("state divergence: {e}").into());
+                }
                 match (&result, tag) {
                     (Ok(_), ImportTag::Range(_)) => {
                         self.stats.imported_range += count;
@@ -1412,7 +1450,7 @@ impl ChainNode {
                     let p = match result {
                         Ok(_) => Processed::Ok,
                         Err(ImportError::Bad(e)) => Processed::BadBlock(e.to_string()),
-                        Err(ImportError::Local(e)) => {
+                        Err(ImportError::Local(e)) | Err(ImportError::Fatal(e)) => {
                             self.stats.local_failures += 1;
                             Processed::Local(e)
                         }
@@ -1446,7 +1484,9 @@ impl ChainNode {
                     let p = match result {
                         Ok(()) => Processed::Ok,
                         Err(ImportError::Bad(e)) => Processed::BadBlock(e.to_string()),
-                        Err(ImportError::Local(e)) => Processed::Local(e),
+                        Err(ImportError::Local(e)) | Err(ImportError::Fatal(e)) => {
+                            Processed::Local(e)
+                        }
                     };
                     if p == Processed::Ok {
                         self.stats.backfill_batches += 1;
@@ -1463,6 +1503,9 @@ impl ChainNode {
                     let out = self.data.join("incoming").join(format!("{h:020}"));
                     let _ = std::fs::remove_file(session::manifest_path_for(&out));
                     self.event(&format!("checkpoint {h} adopted: state at height {h}"));
+                    // History restarts at the new anchor: a backfill core
+                    // from before (another low) would never fit again.
+                    self.backward = None;
                     self.start_replay(now);
                 }
                 Err(e) => {
