@@ -18,9 +18,13 @@
 //!   forward, descending backward).
 //! * Every request has an id and a deadline; a response whose id is not the
 //!   batch's current request is stale and dropped.
+//! * A short answer that is a valid prefix of the range (a size budget on
+//!   the server) is kept and the rest re-queued as its own batch, without
+//!   penalty; batches in flight are never replaced or dropped under a
+//!   changing target (their request slots would leak).
 //! * Peer scores with fault attribution: bad data -1000 (banned for a
-//!   while), empty/short answers -100 (and the peer's claimed range is
-//!   lowered so we stop asking it), timeouts -50, success +10; a local
+//!   while), empty answers -100 (and the peer's claimed range is lowered so
+//!   we stop asking it), timeouts -50, success +10; a local
 //!   processing failure penalises nobody and is retried after a pause.
 //!   Banned peers come back after `ban_time` with a fresh score, so a node
 //!   can never end up with no peers forever.
