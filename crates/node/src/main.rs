@@ -260,8 +260,11 @@ pub struct NodeArgs {
     /// Data directory (identity, blocks, checkpoints, live state).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Listen address(es), e.g. /ip4/0.0.0.0/tcp/5001 (default: a free
+    /// port on 127.0.0.1).
     #[arg(long)]
     listen: Vec<String>,
+    /// Bootstrap peers: multiaddrs ending in /p2p/<peer id>.
     #[arg(long = "peer")]
     peers: Vec<String>,
     /// validator (produces blocks with its keys) or follower.
@@ -288,8 +291,10 @@ pub struct NodeArgs {
     /// Write a JSON-lines timeline here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write the first listen address (with /p2p/ id) here.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Write a JSON status (phase, heights, peers, progress) here every 250 ms.
     #[arg(long)]
     status_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.

@@ -464,6 +464,7 @@ fn demo_runs_and_reports() {
     let d = tempfile::tempdir().unwrap();
     let v = ok_json(&[
         "demo",
+        "--walkthrough",
         "--dir",
         s(d.path()),
         "--size",
@@ -474,4 +475,37 @@ fn demo_runs_and_reports() {
     let plan = &v["plan"];
     assert!(plan["bytes_fetch"].as_u64().unwrap() < plan["bytes"].as_u64().unwrap());
     assert!(v["incremental_report"]["files_reused"].as_u64().unwrap() > 0);
+}
+
+/// The README's main command, scaled down: a network of node processes, a
+/// late joiner reaching the head, a summary and an HTML report.
+#[test]
+fn network_demo_joiner_reaches_the_head_and_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let report = d.path().join("report.html");
+    let v = ok_json(&[
+        "demo",
+        "--dir",
+        s(&d.path().join("work")),
+        "--state-mib",
+        "16",
+        "--block-ms",
+        "100",
+        "--join-after",
+        "6",
+        "--follow-secs",
+        "2",
+        "--report",
+        s(&report),
+    ]);
+    let sum = &v["summary"];
+    assert!(sum["stats"]["state_syncs"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        sum["stats"]["state_bytes_fetched"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(sum["low"].as_u64(), Some(1), "history not backfilled: {v}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<svg") && html.contains("late joiner") && html.contains("polyline"));
+    assert!(html.contains("state + "), "no bytes-per-peer bars");
 }
