@@ -327,7 +327,10 @@ mod blocks_protocol {
             .encode(),
             [0x11, 7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0]
         );
-        assert_eq!(h.finalize().to_hex().to_string(), "PIN");
+        assert_eq!(
+            h.finalize().to_hex().to_string(),
+            "753df1dda366733f94e7491581240d6521a992778afc5c59f81eca1cdcad78a4"
+        );
     }
 
     #[test]
