@@ -190,27 +190,7 @@ impl Replica {
             checkpoint_every: false,
         };
         // Replay what the block store holds above the checkpoint.
-        if let Some((_, high)) = r.blocks.bounds()? {
-            let mut h = c + 1;
-            while h <= high {
-                let end = (h + 255).min(high);
-                let mut batch = Vec::new();
-                for x in h..=end {
-                    match r.blocks.get(x)? {
-                        Some(b) => batch.push(b),
-                        None => {
-                            return Err(ImportError::Local(format!("stored block {x} missing")));
-                        }
-                    }
-                }
-                r.execute(&batch, end == high)?;
-                rep.replayed += batch.len() as u64;
-                h = end + 1;
-            }
-            if let Some(b) = r.blocks.get(r.head().0)? {
-                r.head_hash = b.hash();
-            }
-        }
+        rep.replayed = r.replay_stored()?;
         rep.head = r.head().0;
         rep.low = r.low();
         Ok((r, rep))
@@ -518,22 +498,36 @@ impl Replica {
                     .map(|b| b.hash())
                     .ok_or_else(|| ImportError::Local(format!("block {h} missing")))?,
             };
-            if let Some((_, high)) = self.blocks.bounds()? {
-                let mut h = latest.height + 1;
-                while h <= high {
-                    let end = (h + 255).min(high);
-                    let mut batch = Vec::new();
-                    for x in h..=end {
-                        batch.push(self.blocks.get(x)?.ok_or_else(|| {
-                            ImportError::Local(format!("stored block {x} missing"))
-                        })?);
-                    }
-                    self.execute(&batch, end == high)?;
-                    h = end + 1;
-                }
-            }
+            self.replay_stored()?;
             return Ok(());
         }
+    }
+
+    /// Executes the stored blocks above the live state's height (after a
+    /// restart or a rebuild), in batches; returns how many.
+    fn replay_stored(&mut self) -> Result<u64, ImportError> {
+        let mut replayed = 0;
+        if let Some((_, high)) = self.blocks.bounds()? {
+            let mut h = self.head().0 + 1;
+            while h <= high {
+                let end = (h + 255).min(high);
+                let mut batch = Vec::new();
+                for x in h..=end {
+                    batch.push(
+                        self.blocks.get(x)?.ok_or_else(|| {
+                            ImportError::Local(format!("stored block {x} missing"))
+                        })?,
+                    );
+                }
+                self.execute(&batch, end == high)?;
+                replayed += batch.len() as u64;
+                h = end + 1;
+            }
+            if let Some(b) = self.blocks.get(self.head().0)? {
+                self.head_hash = b.hash();
+            }
+        }
+        Ok(replayed)
     }
 
     /// Backfill: verified blocks below `low`, in descending order.

@@ -153,6 +153,25 @@ struct Batch<P, B> {
     failed_peers: Vec<P>,
 }
 
+impl<P, B> Batch<P, B> {
+    /// A batch of `start..=end` awaiting its first download.
+    fn new(start: u64, end: u64) -> Self {
+        Batch {
+            start,
+            end,
+            state: BatchState::AwaitingDownload,
+            peer: None,
+            req: None,
+            deadline: None,
+            not_before: None,
+            blocks: Vec::new(),
+            download_attempts: 0,
+            processing_attempts: 0,
+            failed_peers: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PeerState {
     low: u64,
@@ -405,22 +424,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
                 };
                 continue;
             }
-            self.batches.insert(
-                start,
-                Batch {
-                    start,
-                    end,
-                    state: BatchState::AwaitingDownload,
-                    peer: None,
-                    req: None,
-                    deadline: None,
-                    not_before: None,
-                    blocks: Vec::new(),
-                    download_attempts: 0,
-                    processing_attempts: 0,
-                    failed_peers: Vec::new(),
-                },
-            );
+            self.batches.insert(start, Batch::new(start, end));
             self.cursor = match self.dir {
                 Direction::Forward => end + 1,
                 Direction::Backward => start,
@@ -616,22 +620,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
                     // A valid prefix (the server's size budget, or it has no
                     // more yet): keep it, queue the rest as its own batch.
                     self.stats.partial += 1;
-                    self.batches.insert(
-                        bs + got,
-                        Batch {
-                            start: bs + got,
-                            end: be,
-                            state: BatchState::AwaitingDownload,
-                            peer: None,
-                            req: None,
-                            deadline: None,
-                            not_before: None,
-                            blocks: Vec::new(),
-                            download_attempts: 0,
-                            processing_attempts: 0,
-                            failed_peers: Vec::new(),
-                        },
-                    );
+                    self.batches.insert(bs + got, Batch::new(bs + got, be));
                 }
             }
             Err(None) => {

@@ -993,70 +993,60 @@ impl ChainNode {
         Ok(None)
     }
 
+    /// Sends the requests of both range cores and hands their batches to
+    /// the executor (forward: import; backward: backfill, descending).
     fn drive(&mut self, ctx: &mut Ctx<'_>) {
-        while let Some(a) = self.forward.as_mut().and_then(|f| f.poll_action()) {
-            match a {
-                Action::Request {
-                    peer,
-                    id,
-                    start,
-                    count,
-                } => {
-                    self.send(
-                        ctx.swarm,
-                        &peer,
-                        BlockRequest::GetBlocks {
-                            start,
-                            count: count as u32,
-                        },
-                        Req::Range { id },
-                    );
-                }
-                Action::Process { batch, blocks } => {
-                    let _ = self.exec.send(ExecCmd::Import {
-                        tag: ImportTag::Range(batch),
-                        blocks,
-                        from: None,
-                    });
-                }
-                Action::Banned { peer, reason } => {
-                    self.event(&format!(
-                        "range sync: peer {peer} banned for a while: {reason}"
-                    ));
-                    ctx.peers.penalize(&peer, Instant::now());
-                }
-            }
-        }
-        while let Some(a) = self.backward.as_mut().and_then(|b| b.poll_action()) {
-            match a {
-                Action::Request {
-                    peer,
-                    id,
-                    start,
-                    count,
-                } => {
-                    self.send(
-                        ctx.swarm,
-                        &peer,
-                        BlockRequest::GetBlocks {
-                            start,
-                            count: count as u32,
-                        },
-                        Req::Backfill { id },
-                    );
-                }
-                Action::Process { batch, mut blocks } => {
-                    blocks.reverse();
-                    let _ = self.exec.send(ExecCmd::Backfill {
-                        batch,
-                        desc: blocks,
-                    });
-                }
-                Action::Banned { peer, reason } => {
-                    self.event(&format!(
-                        "backfill: peer {peer} banned for a while: {reason}"
-                    ));
-                    ctx.peers.penalize(&peer, Instant::now());
+        for backfill in [false, true] {
+            loop {
+                let core = if backfill {
+                    self.backward.as_mut()
+                } else {
+                    self.forward.as_mut()
+                };
+                let Some(a) = core.and_then(|c| c.poll_action()) else {
+                    break;
+                };
+                match a {
+                    Action::Request {
+                        peer,
+                        id,
+                        start,
+                        count,
+                    } => {
+                        let kind = if backfill {
+                            Req::Backfill { id }
+                        } else {
+                            Req::Range { id }
+                        };
+                        let count = count as u32;
+                        self.send(
+                            ctx.swarm,
+                            &peer,
+                            BlockRequest::GetBlocks { start, count },
+                            kind,
+                        );
+                    }
+                    Action::Process { batch, mut blocks } => {
+                        let cmd = if backfill {
+                            blocks.reverse();
+                            ExecCmd::Backfill {
+                                batch,
+                                desc: blocks,
+                            }
+                        } else {
+                            ExecCmd::Import {
+                                tag: ImportTag::Range(batch),
+                                blocks,
+                                from: None,
+                            }
+                        };
+                        let _ = self.exec.send(cmd);
+                    }
+                    Action::Banned { peer, reason } => {
+                        let what = if backfill { "backfill" } else { "range sync" };
+                        self.event(&format!("{what}: peer {peer} banned for a while: {reason}"));
+                        ctx.peers.penalize(&peer, Instant::now());
+                    }
                 }
             }
         }
