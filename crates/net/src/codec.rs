@@ -3,6 +3,7 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+use statesync_proto::Bytes;
 use statesync_proto::blocks::{
     BlockRequest, BlockResponse, MAX_BLOCKS_REQUEST_LEN, MAX_BLOCKS_RESPONSE_LEN,
 };
@@ -20,8 +21,11 @@ pub trait Messages: Send + Sync + 'static {
     const MAX_RESP: usize;
     fn encode_req(r: &Self::Req) -> Vec<u8>;
     fn decode_req(b: &[u8]) -> Result<Self::Req, ProtoError>;
-    fn encode_resp(r: &Self::Resp) -> Vec<u8>;
-    fn decode_resp(b: &[u8]) -> Result<Self::Resp, ProtoError>;
+    /// The encoded response in pieces to write one after another (their
+    /// concatenation is the frame's body).
+    fn encode_resp(r: &Self::Resp) -> Vec<Bytes>;
+    /// Decodes a frame's body it takes over.
+    fn decode_resp(b: Vec<u8>) -> Result<Self::Resp, ProtoError>;
 }
 
 /// `/statesync/state/1`.
@@ -38,11 +42,11 @@ impl Messages for StateMessages {
     fn decode_req(b: &[u8]) -> Result<Request, ProtoError> {
         Request::decode(b)
     }
-    fn encode_resp(r: &Response) -> Vec<u8> {
-        r.encode()
+    fn encode_resp(r: &Response) -> Vec<Bytes> {
+        r.encode_parts()
     }
-    fn decode_resp(b: &[u8]) -> Result<Response, ProtoError> {
-        Response::decode(b)
+    fn decode_resp(b: Vec<u8>) -> Result<Response, ProtoError> {
+        Response::decode_owned(Bytes::from(b))
     }
 }
 
@@ -60,11 +64,11 @@ impl Messages for BlockMessages {
     fn decode_req(b: &[u8]) -> Result<BlockRequest, ProtoError> {
         BlockRequest::decode(b)
     }
-    fn encode_resp(r: &BlockResponse) -> Vec<u8> {
-        r.encode()
+    fn encode_resp(r: &BlockResponse) -> Vec<Bytes> {
+        vec![Bytes::from(r.encode())]
     }
-    fn decode_resp(b: &[u8]) -> Result<BlockResponse, ProtoError> {
-        BlockResponse::decode(b)
+    fn decode_resp(b: Vec<u8>) -> Result<BlockResponse, ProtoError> {
+        BlockResponse::decode(&b)
     }
 }
 
@@ -95,9 +99,15 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
     Ok(buf)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, msg: &[u8]) -> io::Result<()> {
-    io.write_all(&(msg.len() as u32).to_le_bytes()).await?;
-    io.write_all(msg).await?;
+/// Writes the length prefix and then each piece of the body as it is (no
+/// concatenation into one buffer first).
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, parts: &[Bytes]) -> io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(len).map_err(invalid)?;
+    io.write_all(&len.to_le_bytes()).await?;
+    for p in parts {
+        io.write_all(p).await?;
+    }
     io.flush().await
 }
 
@@ -124,7 +134,7 @@ impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
         T: AsyncRead + Unpin + Send,
     {
         let buf = read_frame(io, M::MAX_RESP).await?;
-        M::decode_resp(&buf).map_err(invalid)
+        M::decode_resp(buf).map_err(invalid)
     }
 
     async fn write_request<T>(
@@ -136,7 +146,7 @@ impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &M::encode_req(&req)).await
+        write_frame(io, &[Bytes::from(M::encode_req(&req))]).await
     }
 
     async fn write_response<T>(

@@ -41,7 +41,7 @@ pub enum FetchMsg {
 enum WriteJob {
     Chunks {
         id: u64,
-        chunks: Vec<(u64, Vec<u8>)>,
+        chunks: Vec<(u64, statesync_proto::Bytes)>,
     },
     Flush,
 }

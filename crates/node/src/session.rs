@@ -9,10 +9,12 @@
 //! fetch/<root hex>/progress.redb chunk indices durably written
 //! ```
 //!
-//! Durability order: chunk bytes are written and `fdatasync`ed before their
-//! indices are committed to redb, so a committed index always has its bytes
-//! on disk. After SIGKILL a restart refetches only chunks that were in flight
-//! or written since the last commit (at most one commit batch).
+//! Durability order: chunk bytes are verified, written (with direct I/O
+//! where the filesystem allows, see [`Target`]) and `fdatasync`ed, and a
+//! sample of them read back, before their indices are committed to redb, so
+//! a committed index always has its bytes on disk. After SIGKILL a restart
+//! refetches only chunks that were in flight or written since the last
+//! commit.
 
 use redb::{Database, ReadableTable, TableDefinition};
 use statesync_manifest::diff::{ChunkAction, LocalSource, Plan};
@@ -28,6 +30,10 @@ const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
 /// Done chunks whose bytes were not written by this sync but kept in place
 /// from a consumed stale checkpoint or hard-linked from an immutable one.
 const TRUSTED: TableDefinition<u64, ()> = TableDefinition::new("trusted");
+/// Done chunks written by this sync: verified in memory, from the very
+/// buffer handed to the kernel, then made durable; a sample of them was read
+/// back from disk. The final verification samples them like trusted ones.
+const WRITTEN: TableDefinition<u64, ()> = TableDefinition::new("written");
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Result<T> = std::result::Result<T, Error>;
@@ -52,8 +58,14 @@ impl Staging {
         let tx = db.begin_write()?;
         tx.open_table(DONE)?;
         tx.open_table(TRUSTED)?;
+        tx.open_table(WRITTEN)?;
         tx.commit()?;
         Ok(Staging { dir, root, db })
+    }
+
+    /// Keys the deterministic samples of chunks re-read from disk.
+    pub fn sample_seed(&self) -> u64 {
+        u64::from_le_bytes(self.root.0[..8].try_into().unwrap_or([0; 8]))
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -89,11 +101,6 @@ impl Staging {
         Ok(out)
     }
 
-    /// Commits chunk indices whose bytes are already durable.
-    pub fn commit(&self, indices: &[u64]) -> Result<()> {
-        self.commit_with(indices, &[])
-    }
-
     /// Commits done chunks, some of them trusted (see [`TRUSTED`]).
     pub fn commit_with(&self, indices: &[u64], trusted: &[u64]) -> Result<()> {
         if indices.is_empty() && trusted.is_empty() {
@@ -114,9 +121,38 @@ impl Staging {
         Ok(())
     }
 
+    /// Commits done chunks written by this sync (see [`WRITTEN`]).
+    pub fn commit_written(&self, indices: &[u64]) -> Result<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(DONE)?;
+            for &i in indices {
+                t.insert(i, ())?;
+            }
+            let mut t = tx.open_table(WRITTEN)?;
+            for &i in indices {
+                t.insert(i, ())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn trusted(&self) -> Result<HashSet<u64>> {
+        self.set(TRUSTED)
+    }
+
+    /// Chunks written by this sync (see [`WRITTEN`]).
+    pub fn written(&self) -> Result<HashSet<u64>> {
+        self.set(WRITTEN)
+    }
+
+    fn set(&self, table: TableDefinition<u64, ()>) -> Result<HashSet<u64>> {
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(TRUSTED)?;
+        let t = tx.open_table(table)?;
         let mut out = HashSet::new();
         for r in t.iter()? {
             out.insert(r?.0.value());
@@ -201,6 +237,144 @@ fn open_target(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Block alignment of direct I/O (a multiple of every logical block size
+/// in use: 512 and 4096).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Whether chunk writes may bypass the page cache (`STATESYNC_DIRECT_IO=0`
+/// turns it off, e.g. to compare, or on a filesystem that misbehaves).
+fn direct_io_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("STATESYNC_DIRECT_IO").map_or(true, |v| v != "0"))
+}
+
+thread_local! {
+    /// One reusable aligned buffer per writing thread: fresh pages are slow
+    /// to touch on a VM, and a chunk-sized allocation per write would touch
+    /// new ones every time.
+    static ALIGNED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for reading chunks back.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a `len`-byte slice of `cell`'s buffer aligned for direct I/O.
+fn with_aligned<R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u8>>>,
+    len: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> R {
+    cell.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len + DIRECT_ALIGN {
+            b.resize(len + DIRECT_ALIGN, 0);
+        }
+        let at = b.as_ptr().align_offset(DIRECT_ALIGN);
+        f(&mut b[at..at + len])
+    })
+}
+
+/// A file of the staging area, opened for buffered writes and, where the
+/// filesystem allows, a second time with `O_DIRECT`.
+///
+/// Fetched chunks are written with direct I/O: the device reads them from
+/// our buffer, so the kernel neither copies them into fresh page-cache
+/// pages (the most expensive step of a fetch on this kind of machine) nor
+/// writes them back later on its own schedule. The unaligned tail of a
+/// file's last chunk goes through the page cache. `fdatasync` is still what
+/// makes either durable (extent metadata, device cache).
+pub struct Target {
+    path: PathBuf,
+    file: File,
+    direct: Option<File>,
+    direct_ok: std::sync::atomic::AtomicBool,
+}
+
+impl Target {
+    pub fn open(path: &Path) -> std::io::Result<Target> {
+        let file = open_target(path)?;
+        let direct = if direct_io_enabled() {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT)
+                .open(path)
+                .ok()
+        } else {
+            None
+        };
+        let direct_ok = std::sync::atomic::AtomicBool::new(direct.is_some());
+        Ok(Target {
+            path: path.to_path_buf(),
+            file,
+            direct,
+            direct_ok,
+        })
+    }
+
+    /// The direct handle, if `offset` and this file allow direct I/O, and
+    /// how many bytes of `len` it covers.
+    fn direct_part(&self, offset: u64, len: usize) -> Option<(&File, usize)> {
+        let d = self.direct.as_ref()?;
+        let n = len / DIRECT_ALIGN * DIRECT_ALIGN;
+        (offset.is_multiple_of(DIRECT_ALIGN as u64)
+            && n > 0
+            && self.direct_ok.load(std::sync::atomic::Ordering::Relaxed))
+        .then_some((d, n))
+    }
+
+    /// Direct I/O was refused with EINVAL: buffered from now on.
+    fn refused(&self, e: &std::io::Error) -> bool {
+        let refused = e.raw_os_error() == Some(libc::EINVAL);
+        if refused {
+            self.direct_ok
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        refused
+    }
+
+    /// Reads `len` bytes at `offset` back from the device (past the page
+    /// cache where direct I/O is in use) and returns their chunk hash.
+    pub fn read_back_hash(&self, offset: u64, len: usize) -> std::io::Result<Hash> {
+        with_aligned(&READ_BUF, len.next_multiple_of(DIRECT_ALIGN), |buf| {
+            let buf = &mut buf[..len];
+            let mut from = 0;
+            if let Some((d, n)) = self.direct_part(offset, len) {
+                match d.read_exact_at(&mut buf[..n], offset) {
+                    Ok(()) => from = n,
+                    Err(e) if self.refused(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.file
+                .read_exact_at(&mut buf[from..], offset + from as u64)?;
+            Ok(chunk_hash(buf))
+        })
+    }
+
+    /// Writes `data` at `offset`: the block-aligned part directly, the rest
+    /// (or everything, where direct I/O is refused) through the page cache.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Some((d, n)) = self.direct_part(offset, data.len()) {
+            let r = with_aligned(&ALIGNED, n, |buf| {
+                buf.copy_from_slice(&data[..n]);
+                d.write_all_at(buf, offset)
+            });
+            match r {
+                Ok(()) => return self.file.write_all_at(&data[n..], offset + n as u64),
+                // Opened with O_DIRECT but the write refused: the whole
+                // chunk goes through the page cache.
+                Err(e) if self.refused(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(data, offset)
+    }
+
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 /// What executing the local plan did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct LocalReport {
@@ -263,6 +437,8 @@ pub fn execute_local(
         .map(|l| (l.file, (l.source, l.source_file)))
         .collect();
     let mut newly_done = Vec::new();
+    // Chunks copied from local sources (verified before they were written).
+    let mut copied = Vec::new();
     let mut need = Vec::new();
     // Directories whose entries this run changed (`touched_dirs`) are the
     // only ones fsynced: an in-place or resumed sync touches few.
@@ -345,13 +521,16 @@ pub fn execute_local(
         if in_place.is_some() {
             make_private_writable(&dst)?;
         }
-        let file = open_target(&dst).map_err(|e| format!("create {}: {e}", dst.display()))?;
-        let len = file.metadata()?.len();
+        let file = Target::open(&dst).map_err(|e| format!("create {}: {e}", dst.display()))?;
+        let len = file.file.metadata()?.len();
         if len != f.size {
-            file.set_len(f.size)
+            file.file
+                .set_len(f.size)
                 .map_err(|e| format!("size {}: {e}", dst.display()))?;
         }
         let mut wrote = false;
+        // Local copies of this file: (index, entry, source path, offset).
+        let mut copies = Vec::new();
         for (k, c) in m.file_chunks(fi).iter().enumerate() {
             let idx = first + k as u64;
             if done.contains(&idx) {
@@ -370,7 +549,7 @@ pub fn execute_local(
                     // Region of a fresh sparse file: already zeros. A file
                     // reused from an earlier run may hold other bytes there.
                     if len != 0 {
-                        file.write_all_at(&vec![0u8; c.len as usize], c.offset)?;
+                        file.write_at(&vec![0u8; c.len as usize], c.offset)?;
                         wrote = true;
                     }
                     rep.chunks_zero += 1;
@@ -387,23 +566,40 @@ pub fn execute_local(
                         s.dir,
                         &s.manifest.files()[sf as usize].path,
                     );
-                    let mut buf = vec![0u8; c.len as usize];
-                    let ok = File::open(&src)
-                        .and_then(|h| h.read_exact_at(&mut buf, offset))
-                        .is_ok()
-                        && chunk_hash(&buf) == c.hash;
-                    if ok {
-                        file.write_all_at(&buf, c.offset)?;
-                        wrote = true;
-                        rep.chunks_copied += 1;
-                        rep.bytes_copied += u64::from(c.len);
-                        newly_done.push(idx);
-                    } else {
-                        rep.copy_mismatches += 1;
-                        need.push(idx);
-                    }
+                    copies.push((idx, c, src, offset));
                 }
                 ChunkAction::Fetch | ChunkAction::Linked => need.push(idx),
+            }
+        }
+        // Copies run in parallel (reads from the page cache, hashing and
+        // direct writes overlap); each is verified before it is written.
+        let outcomes: Vec<std::io::Result<bool>> = {
+            use rayon::prelude::*;
+            copies
+                .par_iter()
+                .map(|(_, c, src, offset)| {
+                    with_aligned(&READ_BUF, c.len as usize, |buf| {
+                        let ok = File::open(src)
+                            .and_then(|h| h.read_exact_at(buf, *offset))
+                            .is_ok()
+                            && chunk_hash(buf) == c.hash;
+                        if ok {
+                            file.write_at(buf, c.offset)?;
+                        }
+                        Ok(ok)
+                    })
+                })
+                .collect()
+        };
+        for ((idx, c, _, _), ok) in copies.iter().zip(outcomes) {
+            if ok.map_err(|e| format!("write {}: {e}", dst.display()))? {
+                wrote = true;
+                rep.chunks_copied += 1;
+                rep.bytes_copied += u64::from(c.len);
+                copied.push(*idx);
+            } else {
+                rep.copy_mismatches += 1;
+                need.push(*idx);
             }
         }
         if wrote {
@@ -419,6 +615,7 @@ pub fn execute_local(
             .map_err(|e| format!("fsync {}: {e}", d.display()))?;
     }
     staging.commit_with(&newly_done, &trusted)?;
+    staging.commit_written(&copied)?;
     Ok((need, rep))
 }
 
@@ -427,18 +624,19 @@ pub type ChunkResults = Vec<(u64, std::result::Result<(), String>)>;
 
 /// Verified chunk writes with batched durability.
 ///
-/// Chunks of a response are verified in parallel (rayon), then written in
-/// place. Durability runs on a separate syncer thread so that the writer
-/// never waits for the disk: every `commit_bytes` or `commit_every`, the
-/// files touched and the chunk indices written are handed to the syncer,
-/// which `fdatasync`s those files and only then commits the indices to redb.
+/// Chunks of a response are verified and written in place in parallel
+/// (rayon). Durability runs on a separate syncer thread so that the writer
+/// never waits for it: every `commit_bytes` or `commit_every`, the files
+/// touched and the chunks written are handed to the syncer, which
+/// `fdatasync`s those files, reads a sample of the chunks back from the
+/// device, and only then commits the indices to redb.
 /// At most [`SYNC_QUEUE`] batches wait for it (backpressure), so after a
 /// crash at most that many batches plus what was in flight are refetched.
 pub struct Writer {
     staging_state: PathBuf,
-    files: HashMap<u32, Arc<File>>,
-    dirty: HashMap<u32, Arc<File>>,
-    pending: Vec<u64>,
+    files: HashMap<u32, Arc<Target>>,
+    dirty: HashMap<u32, Arc<Target>>,
+    pending: Vec<Written>,
     pending_bytes: u64,
     last_commit: Instant,
     /// Commit after this many bytes or this long, whichever first.
@@ -449,13 +647,52 @@ pub struct Writer {
     sync_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// A chunk written and not yet durable.
+struct Written {
+    index: u64,
+    target: Arc<Target>,
+    offset: u64,
+    len: u32,
+    hash: Hash,
+}
+
+/// Reads a sample of a synced batch back from the device (in parallel, so
+/// it sees more than one request at a time) and checks each chunk against
+/// the hash its bytes were verified with before they were written. A
+/// mismatch is a local storage fault: nothing of the batch is recorded and
+/// the sync stops. `seed` keys the sample (the root: each sync samples
+/// other chunks).
+fn read_back_sample(chunks: &[Written], seed: u64) -> std::result::Result<(), String> {
+    use rayon::prelude::*;
+    let threshold = (TRUSTED_SAMPLE_RATE * u64::MAX as f64) as u64;
+    let sampled =
+        |w: &&Written| statesync_manifest::build::sample_selected(seed, w.index, threshold);
+    chunks.par_iter().filter(sampled).try_for_each(|w| {
+        let h = w
+            .target
+            .read_back_hash(w.offset, w.len as usize)
+            .map_err(|e| format!("read back {}: {e}", w.target.path.display()))?;
+        if h == w.hash {
+            Ok(())
+        } else {
+            Err(format!(
+                "chunk {} of {} read back from disk differs from the verified bytes written \
+                 at offset {} (local storage fault)",
+                w.index,
+                w.target.path.display(),
+                w.offset
+            ))
+        }
+    })
+}
+
 /// Batches waiting for the syncer at most.
 pub const SYNC_QUEUE: usize = 2;
 
 enum SyncJob {
     Batch {
-        files: Vec<Arc<File>>,
-        indices: Vec<u64>,
+        files: Vec<Arc<Target>>,
+        chunks: Vec<Written>,
     },
     Barrier(std::sync::mpsc::Sender<()>),
 }
@@ -471,13 +708,15 @@ impl Writer {
         let handle = std::thread::spawn(move || {
             while let Ok(job) = rx.recv() {
                 match job {
-                    SyncJob::Batch { files, indices } => {
+                    SyncJob::Batch { files, chunks } => {
                         let r = files
                             .iter()
                             .try_for_each(|f| f.sync_data())
                             .map_err(|e| format!("fsync: {e}"))
+                            .and_then(|()| read_back_sample(&chunks, st.sample_seed()))
                             .and_then(|()| {
-                                st.commit(&indices)
+                                let indices: Vec<u64> = chunks.iter().map(|w| w.index).collect();
+                                st.commit_written(&indices)
                                     .map_err(|e| format!("commit progress: {e}"))
                             });
                         if let Err(e) = r
@@ -516,7 +755,7 @@ impl Writer {
     pub fn write(
         &mut self,
         m: &Manifest,
-        chunks: Vec<(u64, Vec<u8>)>,
+        chunks: Vec<(u64, statesync_proto::Bytes)>,
     ) -> std::result::Result<ChunkResults, String> {
         use rayon::prelude::*;
         if let Some(e) = self.sync_failed() {
@@ -526,7 +765,7 @@ impl Writer {
         // verify and write every chunk in parallel: the kernel's copy into
         // the page cache is the most expensive step of a fetch, and a single
         // writer thread would serialise it.
-        let mut targets: Vec<Option<Arc<File>>> = Vec::with_capacity(chunks.len());
+        let mut targets: Vec<Option<Arc<Target>>> = Vec::with_capacity(chunks.len());
         for (i, _) in &chunks {
             let Some(c) = m.chunks().get(*i as usize) else {
                 targets.push(None);
@@ -540,7 +779,7 @@ impl Writer {
                         &m.files()[c.file as usize].path,
                     );
                     v.insert(Arc::new(
-                        open_target(&p).map_err(|e| format!("open {}: {e}", p.display()))?,
+                        Target::open(&p).map_err(|e| format!("open {}: {e}", p.display()))?,
                     ))
                     .clone()
                 }
@@ -560,7 +799,7 @@ impl Writer {
                 if let Err(e) = statesync_manifest::format::verify_chunk_data(*i, c, data) {
                     return Ok(Err(e.to_string()));
                 }
-                file.write_all_at(data, c.offset)
+                file.write_at(data, c.offset)
                     .map(Ok)
                     .map_err(|e| format!("write {}: {e}", m.files()[c.file as usize].path))
             })
@@ -571,9 +810,15 @@ impl Writer {
                 Err(bad) => out.push((i, Err(bad))),
                 Ok(()) => {
                     if let (Some(f), Some(c)) = (file, m.chunks().get(i as usize)) {
-                        self.dirty.insert(c.file, f);
+                        self.dirty.insert(c.file, f.clone());
+                        self.pending.push(Written {
+                            index: i,
+                            target: f,
+                            offset: c.offset,
+                            len: c.len,
+                            hash: c.hash,
+                        });
                     }
-                    self.pending.push(i);
                     self.pending_bytes += data.len() as u64;
                     out.push((i, Ok(())));
                 }
@@ -594,13 +839,13 @@ impl Writer {
             return Ok(());
         }
         let files = self.dirty.drain().map(|(_, f)| f).collect();
-        let indices = std::mem::take(&mut self.pending);
+        let chunks = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         self.last_commit = Instant::now();
         self.syncer
             .as_ref()
             .ok_or("syncer stopped")?
-            .send(SyncJob::Batch { files, indices })
+            .send(SyncJob::Batch { files, chunks })
             .map_err(|_| "syncer stopped".to_string())?;
         // Keep the number of open files bounded.
         if self.files.len() > 256 {
@@ -652,15 +897,20 @@ pub fn promote(staging: &Staging, m: &Manifest, out: &Path, full_verify: bool) -
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want))?;
         }
     }
-    // Every chunk written by this sync was verified when written; verify them
-    // again from disk, and trusted chunks by sample (or all with full_verify).
+    // Chunks this sync wrote were verified before they went to disk (and a
+    // sample read back after); they are sampled like trusted ones, with
+    // another key than the read-back sample. Everything else (linked files,
+    // chunks from older staging formats) is verified whole; with
+    // full_verify, every chunk is.
     let trusted = if full_verify {
         HashSet::new()
     } else {
-        staging.trusted()?
+        let mut t = staging.trusted()?;
+        t.extend(staging.written()?);
+        t
     };
     let threshold = (TRUSTED_SAMPLE_RATE * u64::MAX as f64) as u64;
-    let seed = u64::from_le_bytes(staging.root.0[..8].try_into().unwrap_or([0; 8]));
+    let seed = staging.sample_seed() ^ 0x9e37_79b9_7f4a_7c15;
     let check = |i: u64| {
         !trusted.contains(&i) || statesync_manifest::build::sample_selected(seed, i, threshold)
     };
@@ -716,4 +966,100 @@ pub fn manifest_path_for(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
     s.push(".manifest");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunks of every shape (aligned or not, shorter or longer than a
+    /// block, a file's short tail) land exactly where they belong, whether
+    /// the filesystem takes direct I/O (ext4, tmpfs on new kernels) or not.
+    #[test]
+    fn direct_and_buffered_writes_land_byte_exact() {
+        for base in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
+            let Ok(dir) = tempfile::tempdir_in(&base) else {
+                continue;
+            };
+            let path = dir.path().join("f");
+            let t = Target::open(&path).expect("open");
+            // (offset, len): aligned 1 MiB, aligned with a tail, sub-block,
+            // unaligned offset (1 KiB chunks), one byte.
+            let writes: [(u64, usize); 6] = [
+                (0, 1 << 20),
+                (1 << 20, (1 << 20) + 7),
+                (3 << 20, 4095),
+                (4 << 20, 4096),
+                ((5 << 20) + 1024, 5000),
+                (6 << 20, 1),
+            ];
+            let size = (6 << 20) + 1;
+            t.file.set_len(size).expect("size");
+            let mut want = vec![0u8; size as usize];
+            for (k, &(off, len)) in writes.iter().enumerate() {
+                let data: Vec<u8> = (0..len).map(|i| (i * 31 + k * 7 + 1) as u8).collect();
+                t.write_at(&data, off).expect("write");
+                want[off as usize..off as usize + len].copy_from_slice(&data);
+                assert_eq!(
+                    t.read_back_hash(off, len).expect("read back"),
+                    chunk_hash(&data),
+                    "{} offset {off} len {len}",
+                    base.display()
+                );
+            }
+            t.sync_data().expect("fdatasync");
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                want,
+                "{}",
+                base.display()
+            );
+            // Where the filesystem opened the file for direct I/O, the
+            // aligned writes above really went that way.
+            if t.direct.is_some() {
+                assert!(
+                    t.direct_ok.load(std::sync::atomic::Ordering::Relaxed),
+                    "{}: direct I/O fell back to buffered",
+                    base.display()
+                );
+            }
+        }
+    }
+
+    /// A chunk whose bytes on disk differ from what was verified and
+    /// written is caught by the read-back sample as a local fault.
+    #[test]
+    fn read_back_catches_bytes_changed_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let t = Arc::new(Target::open(&path).expect("open"));
+        let data = vec![5u8; 64 << 10];
+        let seed = 7;
+        let threshold = (TRUSTED_SAMPLE_RATE * u64::MAX as f64) as u64;
+        // Chunk indices the sample picks for this seed, and one it skips.
+        let picked: Vec<u64> = (0..10_000)
+            .filter(|&i| statesync_manifest::build::sample_selected(seed, i, threshold))
+            .take(2)
+            .collect();
+        assert_eq!(picked.len(), 2);
+        let chunk = |index: u64, offset: u64| Written {
+            index,
+            target: t.clone(),
+            offset,
+            len: data.len() as u32,
+            hash: chunk_hash(&data),
+        };
+        t.write_at(&data, 0).expect("write");
+        t.write_at(&data, 64 << 10).expect("write");
+        t.sync_data().expect("sync");
+        let batch = [chunk(picked[0], 0), chunk(picked[1], 64 << 10)];
+        assert_eq!(read_back_sample(&batch, seed), Ok(()));
+        // The device (or anything else) changes a byte under us.
+        t.file
+            .write_all_at(&[6], (64 << 10) + 100)
+            .expect("corrupt");
+        let err = read_back_sample(&batch, seed).expect_err("corruption not caught");
+        assert!(err.contains("local storage fault"), "{err}");
+        assert!(err.contains(&format!("chunk {}", picked[1])), "{err}");
+    }
 }

@@ -11,6 +11,10 @@ use statesync_manifest::format::{
 };
 use statesync_manifest::hash::Hash;
 
+/// Chunk data: reference-counted slices, so a decoded response shares the
+/// frame it was read into and an encoded one the buffers it was read from.
+pub use bytes::Bytes;
+
 /// Protocol name for requests and responses (one request per stream).
 pub const PROTOCOL: &str = "/statesync/state/1";
 /// Largest encoded request.
@@ -89,7 +93,7 @@ pub enum Response {
     /// Chunks in request order; possibly only a prefix of the request when
     /// the byte budget ran out (the fetcher asks again for the rest).
     Chunks {
-        chunks: Vec<(u64, Vec<u8>)>,
+        chunks: Vec<(u64, Bytes)>,
     },
     Advert {
         advert: SignedAdvert,
@@ -415,7 +419,41 @@ impl Response {
         out
     }
 
+    /// The encoding as a sequence of pieces whose concatenation is
+    /// [`Response::encode`]: chunk data is not copied, so a server can hand
+    /// the buffers it read from disk to the stream as they are.
+    pub fn encode_parts(&self) -> Vec<Bytes> {
+        match self {
+            Response::Chunks { chunks } => {
+                let mut parts = Vec::with_capacity(1 + 2 * chunks.len());
+                let mut head = Vec::with_capacity(3);
+                head.push(tag::CHUNKS);
+                head.extend_from_slice(&(chunks.len() as u16).to_le_bytes());
+                parts.push(Bytes::from(head));
+                for (i, d) in chunks {
+                    let mut h = Vec::with_capacity(12);
+                    h.extend_from_slice(&i.to_le_bytes());
+                    h.extend_from_slice(&(d.len() as u32).to_le_bytes());
+                    parts.push(Bytes::from(h));
+                    parts.push(d.clone());
+                }
+                parts
+            }
+            _ => vec![Bytes::from(self.encode())],
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Response, ProtoError> {
+        Self::decode_from(bytes, None)
+    }
+
+    /// Decodes a frame it takes over: chunk data are slices of it, not
+    /// copies. Same rules and errors as [`Response::decode`].
+    pub fn decode_owned(bytes: Bytes) -> Result<Response, ProtoError> {
+        Self::decode_from(&bytes, Some(&bytes))
+    }
+
+    fn decode_from(bytes: &[u8], owner: Option<&Bytes>) -> Result<Response, ProtoError> {
         if bytes.len() > MAX_RESPONSE_LEN {
             return Err(ProtoError::TooLong {
                 len: bytes.len(),
@@ -476,7 +514,15 @@ impl Response {
                             max: MAX_BATCH_BYTES,
                         });
                     }
-                    chunks.push((i, r.take(len, "chunk data")?.to_vec()));
+                    let at = r.at;
+                    let data = r.take(len, "chunk data")?;
+                    chunks.push((
+                        i,
+                        match owner {
+                            Some(b) => b.slice(at..at + len),
+                            None => Bytes::copy_from_slice(data),
+                        },
+                    ));
                 }
                 Response::Chunks { chunks }
             }

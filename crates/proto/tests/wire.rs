@@ -58,7 +58,10 @@ fn all_messages() -> (Vec<Request>, Vec<Response>) {
             proof: cp,
         },
         Response::Chunks {
-            chunks: vec![(0, b"hello".to_vec()), (2, vec![7u8; 1024])],
+            chunks: vec![
+                (0, Bytes::from_static(b"hello")),
+                (2, vec![7u8; 1024].into()),
+            ],
         },
         Response::Advert { advert },
         Response::Ack,
@@ -264,9 +267,12 @@ fn random_and_mutated_messages_never_panic_and_accepted_ones_are_canonical() {
         if let Ok(r) = Request::decode(&buf) {
             assert_eq!(r.encode(), buf);
         }
-        if let Ok(r) = Response::decode(&buf) {
+        let decoded = Response::decode(&buf);
+        if let Ok(r) = &decoded {
             assert_eq!(r.encode(), buf);
         }
+        // Decoding in place accepts and rejects exactly the same inputs.
+        assert_eq!(Response::decode_owned(buf.clone().into()), decoded);
         let _ = Advert::decode(&buf);
     }
 }
@@ -381,5 +387,21 @@ mod blocks_protocol {
                 assert_eq!(r.encode(), m);
             }
         }
+    }
+}
+
+/// The pieces a server writes concatenate to the canonical encoding, and a
+/// frame decoded in place (chunk data sliced, not copied) equals the copied
+/// decoding.
+#[test]
+fn response_parts_and_owned_decoding_match_the_encoding() {
+    let (_, resps) = all_messages();
+    for r in &resps {
+        let whole = r.encode();
+        let parts: Vec<u8> = r.encode_parts().iter().flat_map(|p| p.to_vec()).collect();
+        assert_eq!(parts, whole, "{r:?}");
+        let owned = Response::decode_owned(whole.clone().into()).expect("decode_owned");
+        assert_eq!(owned, Response::decode(&whole).expect("decode"));
+        assert_eq!(&owned, r);
     }
 }
