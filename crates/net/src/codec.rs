@@ -1,6 +1,7 @@
 //! Framing of `statesync-proto` messages on libp2p streams: a u32 length
 //! prefix checked against the direction's limit before anything is read.
 
+use crate::chunkbuf::ChunkBuf;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use statesync_proto::Bytes;
@@ -8,7 +9,8 @@ use statesync_proto::blocks::{
     BlockRequest, BlockResponse, MAX_BLOCKS_REQUEST_LEN, MAX_BLOCKS_RESPONSE_LEN,
 };
 use statesync_proto::{
-    MAX_REQUEST_LEN, MAX_RESPONSE_LEN, ProtoError, Request, Response, check_frame_len,
+    CHUNK_HEADER_LEN, CHUNKS_TAG, MAX_REQUEST_LEN, MAX_RESPONSE_LEN, ProtoError, Request, Response,
+    check_chunk_count, check_chunk_total, check_frame_len, truncated,
 };
 use std::io;
 use std::marker::PhantomData;
@@ -26,6 +28,14 @@ pub trait Messages: Send + Sync + 'static {
     fn encode_resp(r: &Self::Resp) -> Vec<Bytes>;
     /// Decodes a frame's body it takes over.
     fn decode_resp(b: Vec<u8>) -> Result<Self::Resp, ProtoError>;
+    /// Whether the protocol has a `Chunks` response
+    /// ([`statesync_proto::CHUNKS_TAG`]) to be read off the stream chunk by
+    /// chunk into aligned buffers (see [`Messages::chunks_response`]).
+    const HAS_CHUNKS: bool = false;
+    /// That response, made of chunks read that way.
+    fn chunks_response(_chunks: Vec<(u64, Bytes)>) -> Option<Self::Resp> {
+        None
+    }
 }
 
 /// `/statesync/state/1`.
@@ -47,6 +57,10 @@ impl Messages for StateMessages {
     }
     fn decode_resp(b: Vec<u8>) -> Result<Response, ProtoError> {
         Response::decode_owned(Bytes::from(b))
+    }
+    const HAS_CHUNKS: bool = true;
+    fn chunks_response(chunks: Vec<(u64, Bytes)>) -> Option<Response> {
+        Some(Response::Chunks { chunks })
     }
 }
 
@@ -91,12 +105,76 @@ pub type StateCodec = FramedCodec<StateMessages>;
 pub type BlocksCodec = FramedCodec<BlockMessages>;
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let n = check_frame_len(len, max).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let n = read_frame_len(io, max).await?;
     let mut buf = vec![0u8; n];
     io.read_exact(&mut buf).await?;
     Ok(buf)
+}
+
+async fn read_frame_len<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<usize> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    check_frame_len(len, max).map_err(invalid)
+}
+
+/// Reads a response frame of `n` bytes; a `Chunks` response of a protocol
+/// that has one is decoded off the stream, each chunk's data read straight
+/// into its own block-aligned buffer ([`ChunkBuf`]) that the fetcher's
+/// writer hands to the device as it is. Accepts exactly the frames
+/// [`statesync_proto::Response::decode`] accepts (same checks, same order).
+async fn read_response_frame<M: Messages, T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    n: usize,
+) -> io::Result<M::Resp> {
+    let mut tag = [0u8; 1];
+    io.read_exact(&mut tag).await?;
+    if M::HAS_CHUNKS && tag[0] == CHUNKS_TAG {
+        let chunks = read_chunks(io, n - 1).await?;
+        return M::chunks_response(chunks).ok_or_else(|| invalid("no chunks response"));
+    }
+    let mut buf = vec![0u8; n];
+    buf[0] = tag[0];
+    io.read_exact(&mut buf[1..]).await?;
+    M::decode_resp(buf).map_err(invalid)
+}
+
+/// The body of a `Chunks` response after its tag: `left` bytes.
+async fn read_chunks<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    mut left: usize,
+) -> io::Result<Vec<(u64, Bytes)>> {
+    let mut at = 1;
+    let mut field = async |io: &mut T, buf: &mut [u8], what, left: &mut usize| {
+        if *left < buf.len() {
+            return Err(invalid(truncated(what, at, buf.len(), *left)));
+        }
+        io.read_exact(buf).await?;
+        *left -= buf.len();
+        at += buf.len();
+        Ok::<(), io::Error>(())
+    };
+    let mut count = [0u8; 2];
+    field(io, &mut count, "chunk count", &mut left).await?;
+    let n = usize::from(u16::from_le_bytes(count));
+    check_chunk_count(n, left).map_err(invalid)?;
+    let mut chunks = Vec::with_capacity(n);
+    let mut total = 0usize;
+    for _ in 0..n {
+        let mut h = [0u8; CHUNK_HEADER_LEN];
+        field(io, &mut h, "chunk header", &mut left).await?;
+        let (i, len) = h.split_at(8);
+        let i = u64::from_le_bytes(i.try_into().map_err(invalid)?);
+        let len = u32::from_le_bytes(len.try_into().map_err(invalid)?) as usize;
+        total += len;
+        check_chunk_total(total).map_err(invalid)?;
+        let mut buf = ChunkBuf::take(len).ok_or_else(|| invalid("chunk buffer"))?;
+        field(io, buf.as_mut_slice(), "chunk data", &mut left).await?;
+        chunks.push((i, buf.freeze()));
+    }
+    if left != 0 {
+        return Err(invalid(ProtoError::Trailing(left)));
+    }
+    Ok(chunks)
 }
 
 /// Writes the length prefix and then each piece of the body as it is (no
@@ -133,8 +211,8 @@ impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_frame(io, M::MAX_RESP).await?;
-        M::decode_resp(buf).map_err(invalid)
+        let n = read_frame_len(io, M::MAX_RESP).await?;
+        read_response_frame::<M, T>(io, n).await
     }
 
     async fn write_request<T>(

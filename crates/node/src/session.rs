@@ -355,10 +355,17 @@ impl Target {
     /// (or everything, where direct I/O is refused) through the page cache.
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
         if let Some((d, n)) = self.direct_part(offset, data.len()) {
-            let r = with_aligned(&ALIGNED, n, |buf| {
-                buf.copy_from_slice(&data[..n]);
-                d.write_all_at(buf, offset)
-            });
+            // Chunks read off the network arrive in aligned buffers
+            // (statesync_net::chunkbuf) and go to the device as they are;
+            // others are copied into this thread's aligned buffer first.
+            let r = if (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+                d.write_all_at(&data[..n], offset)
+            } else {
+                with_aligned(&ALIGNED, n, |buf| {
+                    buf.copy_from_slice(&data[..n]);
+                    d.write_all_at(buf, offset)
+                })
+            };
             match r {
                 Ok(()) => return self.file.write_all_at(&data[n..], offset + n as u64),
                 // Opened with O_DIRECT but the write refused: the whole

@@ -494,26 +494,14 @@ impl Response {
             }
             tag::CHUNKS => {
                 let n = r.u16("chunk count")? as usize;
-                if n > MAX_BATCH_CHUNKS || n * 12 > r.left() {
-                    return Err(ProtoError::Limit {
-                        what: "chunks in a response",
-                        count: n,
-                        max: MAX_BATCH_CHUNKS.min(r.left() / 12),
-                    });
-                }
+                check_chunk_count(n, r.left())?;
                 let mut chunks = Vec::with_capacity(n);
                 let mut total = 0usize;
                 for _ in 0..n {
                     let i = r.u64("chunk index")?;
                     let len = r.u32("chunk length")? as usize;
                     total += len;
-                    if total > MAX_BATCH_BYTES {
-                        return Err(ProtoError::Limit {
-                            what: "chunk bytes in a response",
-                            count: total,
-                            max: MAX_BATCH_BYTES,
-                        });
-                    }
+                    check_chunk_total(total)?;
                     let at = r.at;
                     let data = r.take(len, "chunk data")?;
                     chunks.push((
@@ -555,6 +543,50 @@ impl Response {
         }
         Ok(resp)
     }
+}
+
+/// Tag of a `Chunks` response, for readers that take its chunk data
+/// straight off the stream (see [`check_chunk_count`]).
+pub const CHUNKS_TAG: u8 = tag::CHUNKS;
+/// Bytes before each chunk's data in a `Chunks` response: index u64, len u32.
+pub const CHUNK_HEADER_LEN: usize = 12;
+
+/// A `Chunks` response's count against the limit and the `left` bytes that
+/// follow it (each chunk takes at least its 12-byte header). Shared by
+/// [`Response::decode`] and readers that decode `Chunks` off a stream, so
+/// both accept exactly the same frames.
+pub fn check_chunk_count(n: usize, left: usize) -> Result<(), ProtoError> {
+    if n > MAX_BATCH_CHUNKS || n * CHUNK_HEADER_LEN > left {
+        return Err(ProtoError::Limit {
+            what: "chunks in a response",
+            count: n,
+            max: MAX_BATCH_CHUNKS.min(left / CHUNK_HEADER_LEN),
+        });
+    }
+    Ok(())
+}
+
+/// The running total of chunk bytes in a `Chunks` response, checked after
+/// each chunk header and before its data is read.
+pub fn check_chunk_total(total: usize) -> Result<(), ProtoError> {
+    if total > MAX_BATCH_BYTES {
+        return Err(ProtoError::Limit {
+            what: "chunk bytes in a response",
+            count: total,
+            max: MAX_BATCH_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// A field cut short in a frame read off a stream.
+pub fn truncated(what: &'static str, at: usize, need: usize, have: usize) -> ProtoError {
+    ProtoError::Field(ManifestError::Truncated {
+        what,
+        at,
+        need,
+        have,
+    })
 }
 
 /// Reads a piece's entry count and checks it against the limit and the bytes
