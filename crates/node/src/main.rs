@@ -129,8 +129,9 @@ enum Cmd {
         /// data directory (same filesystem) and is gone afterwards.
         #[arg(long)]
         in_place: Option<String>,
-        /// Rehash every chunk before promotion, including those kept in place
-        /// or hard-linked from local checkpoints (default: a 1/64 sample).
+        /// Rehash every chunk from disk before promotion (default: every
+        /// chunk is verified before it is written, and a 1/64 sample of
+        /// written and kept chunks is re-read from disk).
         #[arg(long)]
         full_verify: bool,
         #[arg(long, hide = true)]
