@@ -108,6 +108,26 @@ impl ChunkBuf {
     }
 }
 
+/// Frees every buffer kept for reuse (after a sync: a node may run for
+/// days before the next one). Buffers still in use return to the pool later.
+pub fn release_pooled() {
+    let free = match POOL.lock() {
+        Ok(mut p) => {
+            p.bytes = 0;
+            std::mem::take(&mut p.free)
+        }
+        Err(_) => return,
+    };
+    for r in free {
+        r.free();
+    }
+}
+
+/// Bytes currently kept for reuse.
+pub fn pooled_bytes() -> usize {
+    POOL.lock().map(|p| p.bytes).unwrap_or(0)
+}
+
 impl AsRef<[u8]> for ChunkBuf {
     fn as_ref(&self) -> &[u8] {
         match &self.raw {
@@ -157,6 +177,9 @@ mod tests {
         let d = ChunkBuf::take(8192).expect("buffer");
         assert_eq!(d.as_ref().as_ptr() as usize % ALIGN, 0);
         assert_eq!(d.as_ref().len(), 8192);
+        drop(d);
+        release_pooled();
+        assert_eq!(pooled_bytes(), 0);
         let e = ChunkBuf::take(0).expect("buffer");
         assert!(ChunkBuf::take(usize::MAX).is_none());
         assert!(e.as_ref().is_empty());

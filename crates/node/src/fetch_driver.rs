@@ -436,7 +436,11 @@ impl FetchDriver {
                     let full_verify = self.job.full_verify;
                     let tx = self.tx.clone();
                     let generation = self.generation;
-                    self.log("all chunks in; verifying the whole checkpoint");
+                    self.log(if full_verify {
+                        "all chunks in and durable; re-reading every chunk before promotion"
+                    } else {
+                        "all chunks in and durable; checking files and a sample of chunks before promotion"
+                    });
                     tokio::task::spawn_blocking(move || {
                         let r = session::promote(&st, &m, &out, full_verify);
                         let _ = tx.send(LoopMsg::Fetch {
@@ -454,6 +458,9 @@ impl FetchDriver {
                 // The staging area and older unfinished ones are no longer
                 // needed: nothing leaks.
                 let _ = std::fs::remove_dir_all(self.data.join("fetch"));
+                // The chunk buffers kept for reuse are not needed until the
+                // next sync: give their memory back.
+                statesync_net::chunkbuf::release_pooled();
                 let p = self.fetch.progress();
                 self.summary.bytes_fetched = p.bytes_done;
                 self.summary.chunks_fetched = p.chunks_done;
