@@ -77,6 +77,9 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NetError> {
     }
 }
 
+/// Streams per connection yamux 0.13 allows by default.
+const YAMUX_MAX_STREAMS: usize = 512;
+
 /// Network tunables.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -103,9 +106,13 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
     let b = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let rr_cfg = request_response::Config::default()
         .with_request_timeout(cfg.request_timeout)
-        .with_max_concurrent_streams(cfg.max_concurrent_streams);
-    let mut yamux_cfg = yamux::Config::default();
-    yamux_cfg.set_max_num_streams(cfg.max_concurrent_streams.max(64));
+        .with_max_concurrent_streams(cfg.max_concurrent_streams.min(YAMUX_MAX_STREAMS));
+    // yamux 0.13 as libp2p-yamux's default gives it: up to 512 streams per
+    // connection, receive windows auto-tuned towards the bandwidth-delay
+    // product. Every setter of libp2p-yamux's `Config` (set_max_num_streams
+    // included) silently switches it back to yamux 0.12 with fixed 256 KiB
+    // windows per stream, so none is called.
+    let yamux_cfg = yamux::Config::default();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
