@@ -35,14 +35,20 @@ pub struct BlockStore {
 
 impl BlockStore {
     pub fn open(path: &Path) -> Result<BlockStore, StoreError> {
-        let database = Database::create(path).map_err(db)?;
-        let w = database.begin_write().map_err(db)?;
-        {
-            w.open_table(BLOCKS).map_err(db)?;
-            w.open_table(BY_HASH).map_err(db)?;
-            w.open_table(META).map_err(db)?;
-        }
-        w.commit().map_err(db)?;
+        let database = statesync_store::db::open_or_create(
+            path,
+            |d| -> Result<(), statesync_store::db::Error> {
+                let w = d.begin_write()?;
+                {
+                    w.open_table(BLOCKS)?;
+                    w.open_table(BY_HASH)?;
+                    w.open_table(META)?;
+                }
+                w.commit()?;
+                Ok(())
+            },
+        )
+        .map_err(db)?;
         Ok(BlockStore { db: database })
     }
 

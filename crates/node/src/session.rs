@@ -53,13 +53,31 @@ impl Staging {
         let dir = staging_dir(data, &root);
         std::fs::create_dir_all(dir.join("state"))
             .map_err(|e| format!("create staging {}: {e}", dir.display()))?;
-        let db = Database::create(dir.join("progress.redb"))
-            .map_err(|e| format!("open progress database in {}: {e}", dir.display()))?;
-        let tx = db.begin_write()?;
-        tx.open_table(DONE)?;
-        tx.open_table(TRUSTED)?;
-        tx.open_table(WRITTEN)?;
-        tx.commit()?;
+        let init = |db: &Database| -> Result<()> {
+            let tx = db.begin_write()?;
+            tx.open_table(DONE)?;
+            tx.open_table(TRUSTED)?;
+            tx.open_table(WRITTEN)?;
+            tx.commit()?;
+            Ok(())
+        };
+        let path = dir.join("progress.redb");
+        let db = match statesync_store::db::open_or_create(&path, init) {
+            Ok(db) => db,
+            Err(e) if path.exists() => {
+                // An unreadable progress database (damaged on disk, or left
+                // half-created by an older version on a full disk) vouches
+                // for none of the staged bytes: start this sync over rather
+                // than stay stuck on it.
+                eprintln!("warning: {e}; starting the sync of {root} over");
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("remove staging {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir.join("state"))
+                    .map_err(|e| format!("create staging {}: {e}", dir.display()))?;
+                statesync_store::db::open_or_create(&path, init)?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Staging { dir, root, db })
     }
 
@@ -978,6 +996,31 @@ pub fn manifest_path_for(out: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A progress database that cannot be read vouches for nothing staged:
+    /// the sync starts over instead of failing on every restart.
+    #[test]
+    fn an_unreadable_progress_database_starts_the_sync_over() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let root = Hash([3; 32]);
+        let st = Staging::open(data.path(), root).expect("open");
+        st.commit_with(&[1, 2], &[]).expect("commit");
+        std::fs::write(st.state_dir().join("f"), b"staged").expect("write");
+        let dir = st.dir.clone();
+        drop(st);
+        assert_eq!(
+            Staging::open(data.path(), root)
+                .expect("reopen")
+                .done()
+                .expect("done")
+                .len(),
+            2
+        );
+        std::fs::write(dir.join("progress.redb"), b"what a full disk left").expect("write");
+        let st = Staging::open(data.path(), root).expect("open over a damaged database");
+        assert!(st.done().expect("done").is_empty());
+        assert!(!st.state_dir().join("f").exists(), "unvouched bytes kept");
+    }
 
     /// Chunks of every shape (aligned or not, shorter or longer than a
     /// block, a file's short tail) land exactly where they belong, whether

@@ -855,3 +855,98 @@ fn kademlia_discovers_peers_beyond_the_bootstrap_and_metrics_are_served() {
     assert!(metric(&m, "statesync_peers").unwrap_or(0.0) >= 1.0, "{m}");
     assert!(metric(&m, "statesync_busy_answers_total").is_some(), "{m}");
 }
+
+/// Runs a shell script in a new user and mount namespace, where it may mount
+/// a size-limited tmpfs (no privileges needed on the host).
+fn in_mount_namespace(script: &str) -> std::process::ExitStatus {
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status();
+    assert!(
+        matches!(probe, Ok(st) if st.success()),
+        "this test needs `unshare -rm` (util-linux, user namespaces): {probe:?}"
+    );
+    std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn full_disk_stops_the_fetch_blaming_nobody_and_a_restart_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 24, "32MiB", "7");
+    // Slow enough that several progress commits (every 500 ms) happen before
+    // the disk fills.
+    let (_srv, addr) = serve(d.path(), "srv", &store, &["--peer-rate-mib", "12"]);
+    let exe = env!("CARGO_BIN_EXE_statesync");
+    let dp = s(d.path());
+    // Three filesystems: one too small for the progress database, one that
+    // fills mid-transfer; each grows afterwards and the same command runs
+    // again. Everything the assertions read is written outside the tmpfs.
+    let mut script = String::from("set -u\n");
+    for (case, size) in [("tiny", "64k"), ("mid", "20m")] {
+        let mnt = format!("{dp}/mnt-{case}");
+        let fetch = format!(
+            "{exe} --json fetch --root {root} --out {mnt}/out --data {mnt}/data --peer {addr}"
+        );
+        script.push_str(&format!(
+            "mkdir -p {mnt} && mount -t tmpfs -o size={size} tmpfs {mnt} || exit 90\n\
+             {fetch} > {dp}/{case}.o1 2> {dp}/{case}.e1; echo $? > {dp}/{case}.rc1\n\
+             ls {mnt} > {dp}/{case}.ls1\n\
+             mount -o remount,size=200m {mnt} || exit 91\n\
+             {fetch} > {dp}/{case}.o2 2> {dp}/{case}.e2; echo $? > {dp}/{case}.rc2\n\
+             {exe} --json verify {mnt}/out --manifest {mnt}/out.manifest --root {root} \
+               > {dp}/{case}.v 2>&1; echo $? > {dp}/{case}.vrc\n"
+        ));
+    }
+    let st = in_mount_namespace(&script);
+    assert!(st.success(), "namespace script: {st:?}");
+    let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap_or_default();
+    for case in ["tiny", "mid"] {
+        let e1 = read(&format!("{case}.e1"));
+        // The first run stops with an exit code, names the disk, blames no
+        // peer and promotes nothing.
+        assert_eq!(read(&format!("{case}.rc1")).trim(), "2", "{case}: {e1}");
+        assert!(e1.contains("No space left on device"), "{case}: {e1}");
+        assert!(!e1.contains("panicked"), "{case}: {e1}");
+        assert!(!e1.to_lowercase().contains("banned"), "{case}: {e1}");
+        assert!(
+            !read(&format!("{case}.ls1")).lines().any(|l| l == "out"),
+            "{case}: a partial checkpoint was promoted"
+        );
+        // The same command after space is freed completes, bans nobody, and
+        // its result verifies against the trusted root.
+        let o2 = read(&format!("{case}.o2"));
+        assert_eq!(
+            read(&format!("{case}.rc2")).trim(),
+            "0",
+            "{case}: {}",
+            read(&format!("{case}.e2"))
+        );
+        let sum: Value = serde_json::from_str(&o2).unwrap();
+        assert_eq!(
+            sum["peers_banned"].as_array().map(Vec::len),
+            Some(0),
+            "{o2}"
+        );
+        assert_eq!(
+            read(&format!("{case}.vrc")).trim(),
+            "0",
+            "{}",
+            read(&format!("{case}.v"))
+        );
+        if case == "mid" {
+            // Progress made durable before the disk filled is kept: the
+            // restart fetches less than the whole state.
+            assert!(e1.contains("no peer at fault"), "{e1}");
+            let fetched = sum["bytes_fetched"].as_u64().unwrap();
+            assert!(fetched < 32 << 20, "refetched everything: {o2}");
+            assert!(
+                read("mid.e2").contains("from an earlier run"),
+                "{}",
+                read("mid.e2")
+            );
+        }
+    }
+}

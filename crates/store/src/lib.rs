@@ -21,6 +21,8 @@
 //! live writer holds its lock. Deletion renames into `trash/` first, so a
 //! half-deleted checkpoint is never listed.
 
+pub mod db;
+
 use statesync_manifest::build::{
     BuildError, BuildOptions, BuildReport, ChangeSet, Hint, Previous, Progress, build,
     build_incremental,
