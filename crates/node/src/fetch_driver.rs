@@ -34,7 +34,7 @@ pub enum FetchMsg {
         results: Vec<(u64, std::result::Result<(), String>)>,
     },
     Flushed(std::result::Result<(), String>),
-    Promoted(Result<()>),
+    Promoted(Result<session::Promotion>),
     LocalFailure(String),
 }
 
@@ -57,6 +57,11 @@ pub struct FetchDriver {
     pub summary: FetchSummary,
     received: u64,
     finishing: bool,
+    /// Times the final check sent chunks back to be fetched (at most once).
+    repairs: u32,
+    /// Progress of the fetch before such a repair reset it.
+    bytes_before_repair: u64,
+    chunks_before_repair: u64,
     promoting: bool,
     bar: Option<indicatif::ProgressBar>,
     job: FetchJob,
@@ -149,6 +154,9 @@ impl FetchDriver {
             summary,
             received: 0,
             finishing: false,
+            repairs: 0,
+            bytes_before_repair: 0,
+            chunks_before_repair: 0,
             promoting: false,
             bar,
             job,
@@ -402,11 +410,16 @@ impl FetchDriver {
             FetchMsg::Planned(r) => {
                 let (need, rep) = r?;
                 self.log(format!(
-                    "local reuse: {} files linked ({}), {} chunks copied ({}), {} zero chunks, {} chunks from an earlier run; {} chunks ({}) to fetch",
+                    "local reuse: {} files linked ({}), {} chunks copied ({}{}), {} zero chunks, {} chunks from an earlier run; {} chunks ({}) to fetch",
                     rep.files_linked,
                     ui::bytes(rep.bytes_linked),
                     rep.chunks_copied,
                     ui::bytes(rep.bytes_copied),
+                    if rep.bytes_cloned > 0 {
+                        format!(", {} of it cloned", ui::bytes(rep.bytes_cloned))
+                    } else {
+                        String::new()
+                    },
                     rep.chunks_zero,
                     rep.chunks_resumed,
                     need.len(),
@@ -451,7 +464,39 @@ impl FetchDriver {
                 }
             }
             FetchMsg::Promoted(r) => {
-                r?;
+                if let session::Promotion::Refetch { chunks, files } = r? {
+                    // Bytes a local source or the disk got wrong: fetched
+                    // from peers (verified in memory) and checked again. A
+                    // second failure is the disk's, not the sources'.
+                    if self.repairs > 0 {
+                        return Err(format!(
+                            "local failure (no peer at fault): the assembled checkpoint failed its final check again ({} files: {}); the disk is altering written data",
+                            files.len(),
+                            files.join(", ")
+                        )
+                        .into());
+                    }
+                    self.repairs += 1;
+                    self.log(format!(
+                        "final check: {} files did not verify (a seed changed after it was planned, or the disk altered them): {}; fetching their {} chunks from peers",
+                        files.len(),
+                        files.join(", "),
+                        chunks.len()
+                    ));
+                    if let Some(m) = &self.manifest {
+                        self.summary.local.bytes_refetched += files
+                            .iter()
+                            .filter_map(|f| m.find(f))
+                            .map(|fi| m.files()[fi].size)
+                            .sum::<u64>();
+                    }
+                    self.bytes_before_repair += self.fetch.progress().bytes_done;
+                    self.chunks_before_repair += self.fetch.progress().chunks_done;
+                    self.finishing = false;
+                    self.promoting = false;
+                    self.fetch.set_needed(chunks, now);
+                    return Ok(None);
+                }
                 if let Some(pb) = &self.bar {
                     pb.finish_and_clear();
                 }
@@ -462,8 +507,8 @@ impl FetchDriver {
                 // next sync: give their memory back.
                 statesync_net::chunkbuf::release_pooled();
                 let p = self.fetch.progress();
-                self.summary.bytes_fetched = p.bytes_done;
-                self.summary.chunks_fetched = p.chunks_done;
+                self.summary.bytes_fetched = self.bytes_before_repair + p.bytes_done;
+                self.summary.chunks_fetched = self.chunks_before_repair + p.chunks_done;
                 self.summary.requests = p.requests_sent;
                 self.summary.rejected_chunks = p.rejected_chunks;
                 self.summary.peers_used = self.summary.bytes_per_peer.len();

@@ -163,6 +163,19 @@ impl Staging {
         self.set(TRUSTED)
     }
 
+    /// Drops chunks from the progress record (they are not done any more).
+    pub fn forget(&self, indices: &[u64]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        for table in [DONE, TRUSTED, WRITTEN] {
+            let mut t = tx.open_table(table)?;
+            for &i in indices {
+                t.remove(i)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Chunks written by this sync (see [`WRITTEN`]).
     pub fn written(&self) -> Result<HashSet<u64>> {
         self.set(WRITTEN)
@@ -264,6 +277,13 @@ const DIRECT_ALIGN: usize = 4096;
 fn direct_io_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("STATESYNC_DIRECT_IO").map_or(true, |v| v != "0"))
+}
+
+/// `STATESYNC_REFLINK=0` turns off extent sharing for local chunk copies
+/// (to measure, or on a filesystem whose clones misbehave).
+fn reflink_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("STATESYNC_REFLINK").map_or(true, |v| v != "0"))
 }
 
 thread_local! {
@@ -398,6 +418,52 @@ impl Target {
     pub fn sync_data(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
+
+    /// Makes `len` bytes at `offset` share the extents of `src` at
+    /// `src_offset` (FICLONERANGE: XFS, btrfs; nothing is copied or
+    /// written). False where that is not possible (another filesystem,
+    /// unaligned ranges, no support): the caller copies instead; `enabled`
+    /// is cleared when the filesystem cannot clone at all.
+    pub fn clone_range(
+        &self,
+        src: &File,
+        src_offset: u64,
+        len: u64,
+        offset: u64,
+        enabled: &std::sync::atomic::AtomicBool,
+    ) -> bool {
+        use std::os::fd::AsRawFd;
+        let a = DIRECT_ALIGN as u64;
+        if !reflink_enabled()
+            || !enabled.load(std::sync::atomic::Ordering::Relaxed)
+            || len == 0
+            || !len.is_multiple_of(a)
+            || !src_offset.is_multiple_of(a)
+            || !offset.is_multiple_of(a)
+        {
+            return false;
+        }
+        let arg = libc::file_clone_range {
+            src_fd: i64::from(src.as_raw_fd()),
+            src_offset,
+            src_length: len,
+            dest_offset: offset,
+        };
+        // SAFETY: both descriptors stay open for the call and the kernel
+        // only reads `arg`.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::FICLONERANGE, &arg) };
+        if r == 0 {
+            return true;
+        }
+        let e = std::io::Error::last_os_error();
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::ENOSYS)
+        ) {
+            enabled.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        false
+    }
 }
 
 /// What executing the local plan did.
@@ -407,6 +473,9 @@ pub struct LocalReport {
     pub bytes_linked: u64,
     pub chunks_copied: u64,
     pub bytes_copied: u64,
+    /// Of the copied bytes, those shared with their source (reflink) rather
+    /// than written.
+    pub bytes_cloned: u64,
     pub chunks_zero: u64,
     pub bytes_zero: u64,
     /// Chunks done by an earlier run of this sync.
@@ -417,16 +486,20 @@ pub struct LocalReport {
     /// Chunks already right in a consumed stale checkpoint (in-place mode).
     pub chunks_kept: u64,
     pub bytes_kept: u64,
+    /// Bytes reused locally that failed the final check and were fetched
+    /// after all (a seed changed after the plan used it).
+    pub bytes_refetched: u64,
 }
 
 impl LocalReport {
     /// Bytes that did not have to be fetched.
     pub fn reused(&self) -> u64 {
-        self.bytes_linked
+        (self.bytes_linked
             + self.bytes_copied
             + self.bytes_zero
             + self.bytes_resumed
-            + self.bytes_kept
+            + self.bytes_kept)
+            .saturating_sub(self.bytes_refetched)
     }
 }
 
@@ -462,6 +535,8 @@ pub fn execute_local(
         .map(|l| (l.file, (l.source, l.source_file)))
         .collect();
     let mut newly_done = Vec::new();
+    // Cleared once the staging filesystem refuses to clone.
+    let can_clone = std::sync::atomic::AtomicBool::new(true);
     // Chunks copied from local sources (verified before they were written).
     let mut copied = Vec::new();
     let mut need = Vec::new();
@@ -598,29 +673,45 @@ pub fn execute_local(
         }
         // Copies run in parallel (reads from the page cache, hashing and
         // direct writes overlap); each is verified before it is written.
-        let outcomes: Vec<std::io::Result<bool>> = {
+        // Where the filesystem shares extents (XFS, btrfs) a chunk is cloned
+        // instead, then verified by reading it back from the device: no
+        // bytes written, no space used twice.
+        let outcomes: Vec<std::io::Result<(bool, bool)>> = {
             use rayon::prelude::*;
             copies
                 .par_iter()
                 .map(|(_, c, src, offset)| {
+                    let Ok(h) = File::open(src) else {
+                        return Ok((false, false));
+                    };
+                    if file.clone_range(&h, *offset, u64::from(c.len), c.offset, &can_clone) {
+                        let ok = file.read_back_hash(c.offset, c.len as usize)? == c.hash;
+                        return Ok((ok, true));
+                    }
                     with_aligned(&READ_BUF, c.len as usize, |buf| {
-                        let ok = File::open(src)
-                            .and_then(|h| h.read_exact_at(buf, *offset))
-                            .is_ok()
-                            && chunk_hash(buf) == c.hash;
+                        let ok = h.read_exact_at(buf, *offset).is_ok() && chunk_hash(buf) == c.hash;
                         if ok {
                             file.write_at(buf, c.offset)?;
                         }
-                        Ok(ok)
+                        Ok((ok, false))
                     })
                 })
                 .collect()
         };
-        for ((idx, c, _, _), ok) in copies.iter().zip(outcomes) {
-            if ok.map_err(|e| format!("write {}: {e}", dst.display()))? {
+        for ((idx, c, _, _), r) in copies.iter().zip(outcomes) {
+            let (ok, cloned) = r.map_err(|e| format!("write {}: {e}", dst.display()))?;
+            if cloned {
+                // A clone whose bytes did not verify left foreign bytes in
+                // the range; the fetched chunk overwrites them.
+                wrote = true;
+            }
+            if ok {
                 wrote = true;
                 rep.chunks_copied += 1;
                 rep.bytes_copied += u64::from(c.len);
+                if cloned {
+                    rep.bytes_cloned += u64::from(c.len);
+                }
                 copied.push(*idx);
             } else {
                 rep.copy_mismatches += 1;
@@ -908,7 +999,27 @@ impl Drop for Writer {
 /// Fraction of trusted (kept or linked) chunks rehashed at the end of a sync.
 pub const TRUSTED_SAMPLE_RATE: f64 = 1.0 / 64.0;
 
-pub fn promote(staging: &Staging, m: &Manifest, out: &Path, full_verify: bool) -> Result<()> {
+/// What the final check before promotion found.
+#[derive(Debug)]
+pub enum Promotion {
+    /// Verified and renamed into place.
+    Done,
+    /// Staged bytes did not verify (a seed file changed after the plan used
+    /// it, or the disk altered them): the files holding them were replaced
+    /// by empty ones and their chunks dropped from the progress record, so
+    /// they must be fetched (from peers) before promoting again.
+    Refetch {
+        chunks: Vec<u64>,
+        files: Vec<String>,
+    },
+}
+
+pub fn promote(
+    staging: &Staging,
+    m: &Manifest,
+    out: &Path,
+    full_verify: bool,
+) -> Result<Promotion> {
     use std::os::unix::fs::PermissionsExt;
     for f in m.files() {
         let p = statesync_manifest::path::join(&staging.state_dir(), &f.path);
@@ -941,14 +1052,56 @@ pub fn promote(staging: &Staging, m: &Manifest, out: &Path, full_verify: bool) -
     };
     let rep = statesync_manifest::verify_dir_filtered(&staging.state_dir(), m, None, &check)?;
     if !rep.ok {
-        return Err(format!(
-            "assembled checkpoint does not verify: {} missing, {} extra, {} resized, {} corrupt chunks",
-            rep.missing.len(),
-            rep.extra.len(),
-            rep.size_mismatch.len(),
-            rep.corrupt.len()
-        )
-        .into());
+        let state = staging.state_dir();
+        for path in &rep.extra {
+            let p = statesync_manifest::path::join(&state, path);
+            std::fs::remove_file(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
+        }
+        let mut files: Vec<String> = rep
+            .corrupt
+            .iter()
+            .map(|c| c.path.clone())
+            .chain(rep.missing.iter().cloned())
+            .chain(rep.size_mismatch.iter().map(|x| x.path.clone()))
+            .collect();
+        files.sort();
+        files.dedup();
+        let mut chunks = Vec::new();
+        for path in &files {
+            let fi = m
+                .find(path)
+                .ok_or_else(|| format!("verification named {path}, not in the manifest"))?;
+            let p = statesync_manifest::path::join(&state, path);
+            // Unlink first: a hard-linked file is its source's inode, which
+            // the refetch must not write into.
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("remove {}: {e}", p.display()).into()),
+            }
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            Target::open(&p)
+                .and_then(|t| t.file.set_len(m.files()[fi].size))
+                .map_err(|e| format!("recreate {}: {e}", p.display()))?;
+            let first = m.first_chunk(fi);
+            chunks.extend(first..first + m.file_chunks(fi).len() as u64);
+        }
+        if files.is_empty() && rep.extra.is_empty() {
+            return Err(format!(
+                "assembled checkpoint does not verify: {} files with wrong modes",
+                rep.mode_mismatch.len()
+            )
+            .into());
+        }
+        staging.forget(&chunks)?;
+        for path in &files {
+            if let Some(parent) = statesync_manifest::path::join(&state, path).parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        return Ok(Promotion::Refetch { chunks, files });
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -960,7 +1113,7 @@ pub fn promote(staging: &Staging, m: &Manifest, out: &Path, full_verify: bool) -
     File::open(&parent)?.sync_all()?;
     let manifest_out = manifest_path_for(out);
     std::fs::write(&manifest_out, m.encode())?;
-    Ok(())
+    Ok(Promotion::Done)
 }
 
 /// Makes a file of a consumed checkpoint safe to modify: a hard link shared

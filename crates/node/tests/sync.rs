@@ -950,3 +950,285 @@ fn full_disk_stops_the_fetch_blaming_nobody_and_a_restart_resumes() {
         }
     }
 }
+
+/// An XFS filesystem in a loop-mounted image, unmounted when dropped.
+struct XfsMount(PathBuf);
+
+impl XfsMount {
+    /// None where this machine cannot make one (no mkfs.xfs, not root):
+    /// `.ci/run` installs xfsprogs and runs as root.
+    fn new(dir: &Path) -> Option<XfsMount> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mkfs = std::process::Command::new("mkfs.xfs")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !root || !mkfs {
+            eprintln!(
+                "NOT RUN: the reflink test needs root and mkfs.xfs (xfsprogs); \
+                 root={root} mkfs.xfs={mkfs}"
+            );
+            return None;
+        }
+        let img = dir.join("xfs.img");
+        let mnt = dir.join("xfs");
+        std::fs::create_dir_all(&mnt).unwrap();
+        File::create(&img).unwrap().set_len(1 << 30).unwrap();
+        let run = |c: &mut std::process::Command| {
+            let o = c.output().unwrap();
+            assert!(
+                o.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(std::process::Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt));
+        Some(XfsMount(mnt))
+    }
+
+    fn used_bytes(&self) -> u64 {
+        let c = std::ffi::CString::new(s(&self.0)).unwrap();
+        // SAFETY: statvfs writes into the zeroed struct we pass.
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0);
+        (v.f_blocks - v.f_bfree) * v.f_frsize
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn seeded_fetch_on_a_reflink_filesystem_shares_the_seeds_extents() {
+    let d = tempfile::tempdir().unwrap();
+    let Some(xfs) = XfsMount::new(d.path()) else {
+        return;
+    };
+    let src = d.path().join("src");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&src),
+        "--files",
+        "12",
+        "--size",
+        "64MiB",
+        "--seed",
+        "21",
+    ]);
+    let server = d.path().join("server-store");
+    let old_store = xfs.0.join("old-store");
+    for store in [&server, &old_store] {
+        ok_json(&[
+            "checkpoint",
+            "create",
+            "--store",
+            s(store),
+            "--height",
+            "1",
+            "--from",
+            s(&src),
+        ]);
+    }
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&src),
+        "--in-place",
+        "--changed-pct",
+        "5",
+        "--seed",
+        "22",
+    ]);
+    let root = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&server),
+        "--height",
+        "2",
+        "--from",
+        s(&src),
+    ])["checkpoint"]["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Writable seed files: nothing can be hard-linked, every unchanged chunk
+    // of a changed file is a copy candidate.
+    let old = old_store.join("checkpoints/00000000000000000001");
+    let seed = xfs.0.join("seed");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(old.join("state"))
+        .arg(&seed)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (_srv, addr) = serve(d.path(), "srv", &server, &[]);
+    let seed_arg = format!("{}={}", s(&seed), s(&old.join("manifest")));
+    let before = xfs.used_bytes();
+    let out = xfs.0.join("out");
+    // Fetch with --data on the XFS so the staging shares the filesystem.
+    let o = bin()
+        .args([
+            "--json",
+            "--quiet",
+            "fetch",
+            "--root",
+            &root,
+            "--out",
+            s(&out),
+        ])
+        .args([
+            "--data",
+            s(&xfs.0.join("client")),
+            "--peer",
+            &addr,
+            "--seed",
+            &seed_arg,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sum: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let copied = sum["local"]["bytes_copied"].as_u64().unwrap();
+    let cloned = sum["local"]["bytes_cloned"].as_u64().unwrap();
+    let linked = sum["local"]["bytes_linked"].as_u64().unwrap();
+    assert!(copied > 16 << 20, "too little to copy for the test: {sum}");
+    // Every aligned chunk is cloned; only files' unaligned tails are copied.
+    assert!(cloned * 10 >= copied * 9, "{sum}");
+    verify(&out, &root);
+    // Cloned bytes take no new space: the filesystem grew by what was
+    // fetched and written, not by what was reused.
+    let grown = xfs.used_bytes() - before;
+    let fetched = sum["bytes_fetched"].as_u64().unwrap();
+    assert!(
+        grown < fetched + linked + (copied - cloned) + (8 << 20),
+        "grew {grown} for {fetched} fetched, {cloned} cloned: {sum}"
+    );
+    assert!(grown < copied / 2, "clones took space: grew {grown}, {sum}");
+}
+
+#[test]
+fn a_seed_that_changed_behind_its_manifest_is_refetched_not_stuck() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&src),
+        "--files",
+        "12",
+        "--size",
+        "32MiB",
+        "--seed",
+        "31",
+    ]);
+    let server = d.path().join("server-store");
+    let old_store = d.path().join("old-store");
+    for store in [&server, &old_store] {
+        ok_json(&[
+            "checkpoint",
+            "create",
+            "--store",
+            s(store),
+            "--height",
+            "1",
+            "--from",
+            s(&src),
+        ]);
+    }
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&src),
+        "--in-place",
+        "--changed-pct",
+        "5",
+        "--seed",
+        "32",
+    ]);
+    let root = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&server),
+        "--height",
+        "2",
+        "--from",
+        s(&src),
+    ])["checkpoint"]["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The seed directory moved on after its manifest was written (a node's
+    // live state, say): every file differs at byte 100 but stays read-only,
+    // so the plan hard-links the unchanged ones on the manifest's word.
+    let old = old_store.join("checkpoints/00000000000000000001");
+    let seed = d.path().join("seed");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(old.join("state"))
+            .arg(&seed)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut seeds = Vec::new();
+    for e in walk(&seed) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&e).unwrap().permissions().mode();
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"changed!", 100).unwrap();
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode)).unwrap();
+        seeds.push(e);
+    }
+    let (_srv, addr) = serve(d.path(), "srv", &server, &[]);
+    let seed_arg = format!("{}={}", s(&seed), s(&old.join("manifest")));
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&addr], &["--seed", &seed_arg]);
+    let sum = summary(&o, d.path(), "f");
+    let log = std::fs::read_to_string(d.path().join("f.log")).unwrap();
+    assert!(sum["local"]["files_linked"].as_u64().unwrap() > 0, "{sum}");
+    assert!(log.contains("final check:"), "{log}");
+    assert!(
+        sum["local"]["bytes_refetched"].as_u64().unwrap() > 0,
+        "{sum}"
+    );
+    verify(&out, &root);
+    // The refetch never wrote into the seed's files (the hard links were
+    // broken first).
+    for e in &seeds {
+        let b = std::fs::read(e).unwrap();
+        assert_eq!(&b[100..108], b"changed!", "{}", e.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
