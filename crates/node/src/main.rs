@@ -1051,7 +1051,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let saved = session::staging_dir(&net.data, &root).join("in-place-manifest");
                     Some((dir, read_manifest(&saved)?))
                 }
-                Some((s, _)) => Some(dir_and_manifest(s, chunk_size)?),
+                Some((s, _)) => {
+                    let (dir, m) = dir_and_manifest(s, chunk_size)?;
+                    // A manifest given beside the directory vouches only for
+                    // files not modified since it was written.
+                    if let (_, Some(mp)) = split_dir_manifest(s) {
+                        let written = std::fs::metadata(&mp)?.modified()?;
+                        let dropped = session::drop_changed_since(&dir, &m, written)?;
+                        if !dropped.is_empty() && !quiet {
+                            eprintln!(
+                                "in place: {} files of {} changed after {} was written; they are fetched, not kept: {}",
+                                dropped.len(),
+                                dir.display(),
+                                mp.display(),
+                                dropped.join(", ")
+                            );
+                        }
+                    }
+                    Some((dir, m))
+                }
                 None => None,
             };
             if let Some(sp) = &seed_store {

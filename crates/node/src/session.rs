@@ -231,6 +231,40 @@ impl Staging {
     }
 }
 
+/// In-place mode keeps a stale checkpoint's chunks on the word of its
+/// manifest (they are sampled, not all rehashed, at promotion). A file that
+/// changed after that manifest was written breaks the word: this removes
+/// every file of `dir` that is missing, has another size than `m` says, or
+/// was modified after `written` (the manifest file's mtime), so its chunks
+/// are fetched or copied instead of kept. Returns the paths removed. A
+/// directory copied without its timestamps (plain `cp`) loses them all:
+/// safe, only slower.
+pub fn drop_changed_since(
+    dir: &Path,
+    m: &Manifest,
+    written: std::time::SystemTime,
+) -> Result<Vec<String>> {
+    let mut dropped = Vec::new();
+    for f in m.files() {
+        let p = statesync_manifest::path::join(dir, &f.path);
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let changed =
+            !md.is_file() || md.len() != f.size || md.modified().map_or(true, |t| t > written);
+        if changed {
+            if md.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            }
+            .map_err(|e| format!("remove {}: {e}", p.display()))?;
+            dropped.push(f.path.clone());
+        }
+    }
+    Ok(dropped)
+}
+
 /// Other roots' unfinished stagings in the data directory: their verified
 /// chunks are reusable when the target root changes mid-sync.
 pub fn other_stagings(data: &Path, root: &Hash) -> Vec<(PathBuf, Manifest, HashSet<u64>)> {
@@ -1149,6 +1183,27 @@ pub fn manifest_path_for(out: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_changed_after_their_manifest_are_not_kept_in_place() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path().join("old");
+        for (name, len) in [("a", 5000), ("b", 7000), ("c", 9000)] {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join(name), vec![1u8; len]).expect("write");
+        }
+        let m = statesync_manifest::build(&dir, &Default::default())
+            .expect("build")
+            .manifest;
+        let written = std::time::SystemTime::now();
+        std::thread::sleep(Duration::from_millis(20));
+        // b moves on (same size), c is resized; a is untouched.
+        std::fs::write(dir.join("b"), vec![2u8; 7000]).expect("write");
+        std::fs::write(dir.join("c"), vec![1u8; 100]).expect("write");
+        let dropped = drop_changed_since(&dir, &m, written).expect("drop");
+        assert_eq!(dropped, vec!["b".to_string(), "c".to_string()]);
+        assert!(dir.join("a").exists() && !dir.join("b").exists() && !dir.join("c").exists());
+    }
 
     /// A progress database that cannot be read vouches for nothing staged:
     /// the sync starts over instead of failing on every restart.

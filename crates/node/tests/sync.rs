@@ -1232,3 +1232,61 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn in_place_never_keeps_a_file_changed_after_its_manifest() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, r1) = make_store(d.path(), "store", 10, "8MiB", "41");
+    let src = d.path().join("store-src");
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&src),
+        "--in-place",
+        "--changed-pct",
+        "10",
+        "--seed",
+        "42",
+    ]);
+    let r2 = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "11",
+        "--from",
+        s(&src),
+    ])["checkpoint"]["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
+    let stale = d.path().join("stale");
+    summary(
+        &fetch(d.path(), "a", &r1, &stale, &[&addr], &[]),
+        d.path(),
+        "a",
+    );
+    // The stale copy moves on after its manifest was written: one byte in
+    // every file, sizes unchanged (what a node's live state does).
+    std::thread::sleep(Duration::from_millis(20));
+    for e in walk(&stale) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"x", 7).unwrap();
+    }
+    let arg = format!("{}={}.manifest", s(&stale), s(&stale));
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "b", &r2, &out, &[&addr], &["--in-place", &arg]);
+    let sum = summary(&o, d.path(), "b");
+    let log = std::fs::read_to_string(d.path().join("b.log")).unwrap();
+    assert!(log.contains("in place: 10 files of"), "{log}");
+    assert_eq!(sum["local"]["bytes_kept"].as_u64(), Some(0), "{sum}");
+    // Every byte, not a sample: nothing of the altered copy survived.
+    let m = PathBuf::from(format!("{}.manifest", s(&out)));
+    let v = ok_json(&["verify", s(&out), "--manifest", s(&m), "--root", &r2]);
+    assert_eq!(v["ok"], true, "{v}");
+}
