@@ -6,6 +6,10 @@
 #   scripts/bench.sh [manifest] --size 2GiB --rounds 5
 #   scripts/bench.sh sync --size 2GiB --rounds 3
 #   scripts/bench.sh blocks --blocks 3000 --rounds 3
+#   scripts/bench.sh sync --xfs --size 2GiB --rounds 3
+#     (same, on an XFS filesystem with reflinks in a loop-mounted image under
+#      /var/tmp: seeded syncs clone unchanged chunks; needs root, installs
+#      xfsprogs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -19,4 +23,19 @@ fi
 cargo build --release -q
 what=manifest
 case "${1:-}" in manifest|sync|blocks) what=$1; shift;; esac
+if [ "$what" = sync ] && [ "${1:-}" = --xfs ]; then
+  shift
+  command -v mkfs.xfs >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq xfsprogs; }
+  img=/var/tmp/statesync-bench-xfs.img
+  mnt=/var/tmp/statesync-bench-xfs
+  mkdir -p "$mnt"
+  mountpoint -q "$mnt" && umount "$mnt"
+  rm -f "$img"
+  truncate -s 24G "$img"
+  mkfs.xfs -q -m reflink=1 "$img"
+  mount -o loop "$img" "$mnt"
+  trap 'umount "$mnt"; rm -f "$img"' EXIT
+  ./target/release/statesync bench sync --dir "$mnt/bench-data-sync" "$@"
+  exit
+fi
 exec ./target/release/statesync bench "$what" "$@"

@@ -1034,11 +1034,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let root = parse_root(&root)?;
             if out.exists() {
-                return Err(format!(
-                    "{} already exists; fetch writes a new directory",
-                    out.display()
-                )
-                .into());
+                // The same command after a finished sync (or a crash right
+                // after promotion): nothing to do.
+                let synced = std::fs::read(session::manifest_path_for(&out))
+                    .ok()
+                    .and_then(|b| Manifest::decode_verified(&b, &root).ok());
+                let Some(m) = synced else {
+                    return Err(format!(
+                        "{} already exists; fetch writes a new directory",
+                        out.display()
+                    )
+                    .into());
+                };
+                let _ = std::fs::remove_dir_all(session::staging_dir(&net.data, &root));
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "root": root.to_hex(),
+                            "out": out,
+                            "files": m.files().len(),
+                            "bytes": m.total_size(),
+                            "already_synced": true,
+                        })
+                    );
+                } else if !quiet {
+                    eprintln!("{} already holds {root}; nothing to fetch", out.display());
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             let chunk_size = DEFAULT_CHUNK_SIZE;
             let mut seed_list = Vec::new();

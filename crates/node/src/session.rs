@@ -1142,11 +1142,21 @@ pub fn promote(
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent)?;
+    // The manifest lands first (written aside, made durable, renamed), then
+    // the state in one rename: wherever a crash falls, OUT never exists
+    // without its manifest, and a rerun finds either the staging area to
+    // resume or the finished checkpoint.
+    let manifest_out = manifest_path_for(out);
+    let mut tmp = manifest_out.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let f = File::create(&tmp).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    f.write_all_at(&m.encode(), 0)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &manifest_out)?;
     std::fs::rename(staging.state_dir(), out)
         .map_err(|e| format!("move checkpoint to {}: {e}", out.display()))?;
     File::open(&parent)?.sync_all()?;
-    let manifest_out = manifest_path_for(out);
-    std::fs::write(&manifest_out, m.encode())?;
     Ok(Promotion::Done)
 }
 

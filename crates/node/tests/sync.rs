@@ -163,6 +163,20 @@ fn four_servers_one_fetcher_byte_identical() {
     assert!(sum["peers_banned"].as_array().unwrap().is_empty());
     // Nothing left in the staging area.
     assert!(!d.path().join("f/fetch").exists());
+    // The same command again (a script retrying, or a crash right after the
+    // promotion) succeeds without fetching; another root into the same
+    // directory is refused.
+    let o = fetch(d.path(), "f", &root, &out, &addrs, &[]);
+    let again = summary(&o, d.path(), "f");
+    assert_eq!(again["already_synced"], true, "{again}");
+    let other = "11".repeat(32);
+    let o = fetch(d.path(), "f", &other, &out, &addrs, &[]);
+    assert!(!o.status.success());
+    assert!(
+        std::fs::read_to_string(d.path().join("f.log"))
+            .unwrap()
+            .contains("already exists"),
+    );
 }
 
 fn statesync_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
