@@ -1228,11 +1228,7 @@ impl ChainNode {
             }
             let cur = *cur;
             self.stats.switches += 1;
-            let kept = ctx
-                .fetch
-                .as_ref()
-                .map(|f| f.progress().bytes_done)
-                .unwrap_or(0);
+            let kept = ctx.fetch.as_ref().map(|f| f.bytes_fetched()).unwrap_or(0);
             self.event(&format!(
                 "switching state sync {cur} -> {height} (a newer checkpoint; {} fetched so far is kept)",
                 ui::bytes(kept)
@@ -1241,7 +1237,7 @@ impl ChainNode {
                 f.stop();
             }
             if let Some(f) = ctx.fetch.as_ref() {
-                self.stats.state_bytes_fetched += f.progress().bytes_done;
+                self.stats.state_bytes_fetched += f.bytes_fetched();
                 for (p, b) in &f.summary.bytes_per_peer {
                     *self.state_bytes_per_peer.entry(p.clone()).or_default() += b;
                 }

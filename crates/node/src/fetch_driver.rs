@@ -44,6 +44,8 @@ enum WriteJob {
         chunks: Vec<(u64, statesync_proto::Bytes)>,
     },
     Flush,
+    /// Files were replaced on disk: reopen them.
+    Reset,
 }
 
 pub struct FetchDriver {
@@ -174,6 +176,11 @@ impl FetchDriver {
 
     pub fn progress(&self) -> &Progress {
         self.fetch.progress()
+    }
+
+    /// Bytes fetched by this sync so far (including before a repair).
+    pub fn bytes_fetched(&self) -> u64 {
+        self.bytes_before_repair + self.fetch.progress().bytes_done
     }
 
     pub fn usable_peers(&self) -> usize {
@@ -321,6 +328,7 @@ impl FetchDriver {
                         }
                     },
                     WriteJob::Flush => send(FetchMsg::Flushed(w.flush())),
+                    WriteJob::Reset => w.forget_files(),
                 }
             }
         }));
@@ -494,6 +502,11 @@ impl FetchDriver {
                     self.chunks_before_repair += self.fetch.progress().chunks_done;
                     self.finishing = false;
                     self.promoting = false;
+                    // Before any refetched chunk: the writer must not write
+                    // into the handles of the files just replaced.
+                    if let Some(w) = &self.writer_tx {
+                        let _ = w.send(WriteJob::Reset);
+                    }
                     self.fetch.set_needed(chunks, now);
                     return Ok(None);
                 }

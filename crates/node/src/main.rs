@@ -1036,9 +1036,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if out.exists() {
                 // The same command after a finished sync (or a crash right
                 // after promotion): nothing to do.
+                // Its manifest must verify against the root, every file be
+                // there at its size, and no staged copy of the root be left
+                // (a promotion that did not finish).
+                let staging = session::staging_dir(&net.data, &root);
                 let synced = std::fs::read(session::manifest_path_for(&out))
                     .ok()
-                    .and_then(|b| Manifest::decode_verified(&b, &root).ok());
+                    .and_then(|b| Manifest::decode_verified(&b, &root).ok())
+                    .filter(|m| {
+                        m.files().iter().all(|f| {
+                            std::fs::symlink_metadata(statesync_manifest::path::join(&out, &f.path))
+                                .is_ok_and(|md| md.is_file() && md.len() == f.size)
+                        })
+                    })
+                    .filter(|_| !staging.join("state").exists());
                 let Some(m) = synced else {
                     return Err(format!(
                         "{} already exists; fetch writes a new directory",
@@ -1046,7 +1057,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     )
                     .into());
                 };
-                let _ = std::fs::remove_dir_all(session::staging_dir(&net.data, &root));
+                let _ = std::fs::remove_dir_all(&staging);
                 if json {
                     println!(
                         "{}",

@@ -49,7 +49,20 @@ pub fn staging_dir(data: &Path, root: &Hash) -> PathBuf {
 }
 
 impl Staging {
+    /// Opens (or creates) the staging area of `root` for this sync. A
+    /// progress database that is not a readable redb file vouches for none of
+    /// the staged bytes: the staging area is started over.
     pub fn open(data: &Path, root: Hash) -> Result<Staging> {
+        Self::open_with(data, root, true)
+    }
+
+    /// Opens another root's staging area to reuse its durable chunks; never
+    /// removes anything.
+    pub fn open_for_reuse(data: &Path, root: Hash) -> Result<Staging> {
+        Self::open_with(data, root, false)
+    }
+
+    fn open_with(data: &Path, root: Hash, start_over_if_unreadable: bool) -> Result<Staging> {
         let dir = staging_dir(data, &root);
         std::fs::create_dir_all(dir.join("state"))
             .map_err(|e| format!("create staging {}: {e}", dir.display()))?;
@@ -64,7 +77,7 @@ impl Staging {
         let path = dir.join("progress.redb");
         let db = match statesync_store::db::open_or_create(&path, init) {
             Ok(db) => db,
-            Err(e) if path.exists() => {
+            Err(e) if start_over_if_unreadable && statesync_store::db::is_unreadable(&path) => {
                 // An unreadable progress database (damaged on disk, or left
                 // half-created by an older version on a full disk) vouches
                 // for none of the staged bytes: start this sync over rather
@@ -247,6 +260,19 @@ pub fn drop_changed_since(
     let mut dropped = Vec::new();
     for f in m.files() {
         let p = statesync_manifest::path::join(dir, &f.path);
+        // Never follow a symlinked directory out of DIR.
+        let mut anc = p.parent();
+        while let Some(a) = anc.filter(|a| a.starts_with(dir) && *a != dir) {
+            if std::fs::symlink_metadata(a).is_ok_and(|md| md.file_type().is_symlink()) {
+                return Err(format!(
+                    "{} is a symlink; refusing to consume {}",
+                    a.display(),
+                    dir.display()
+                )
+                .into());
+            }
+            anc = a.parent();
+        }
         let Ok(md) = std::fs::symlink_metadata(&p) else {
             continue;
         };
@@ -280,7 +306,7 @@ pub fn other_stagings(data: &Path, root: &Hash) -> Vec<(PathBuf, Manifest, HashS
         if r == *root {
             continue;
         }
-        let Ok(st) = Staging::open(data, r) else {
+        let Ok(st) = Staging::open_for_reuse(data, r) else {
             continue;
         };
         let (Some(m), Ok(done)) = (st.saved_manifest(), st.done()) else {
@@ -457,7 +483,8 @@ impl Target {
     /// `src_offset` (FICLONERANGE: XFS, btrfs; nothing is copied or
     /// written). False where that is not possible (another filesystem,
     /// unaligned ranges, no support): the caller copies instead; `enabled`
-    /// is cleared when the filesystem cannot clone at all.
+    /// is cleared when the staging filesystem cannot clone at all (a source
+    /// on another filesystem, EXDEV, does not clear it).
     pub fn clone_range(
         &self,
         src: &File,
@@ -492,7 +519,7 @@ impl Target {
         let e = std::io::Error::last_os_error();
         if matches!(
             e.raw_os_error(),
-            Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::ENOSYS)
+            Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::ENOSYS)
         ) {
             enabled.store(false, std::sync::atomic::Ordering::Relaxed);
         }
@@ -652,9 +679,10 @@ pub fn execute_local(
             }
             continue;
         }
-        if in_place.is_some() {
-            make_private_writable(&dst)?;
-        }
+        // Never write through a hard link: in place, a file shared with
+        // another checkpoint; otherwise, a file linked from a seed by an
+        // earlier run whose chunks were since found bad (see `promote`).
+        make_private_writable(&dst)?;
         let file = Target::open(&dst).map_err(|e| format!("create {}: {e}", dst.display()))?;
         let len = file.file.metadata()?.len();
         if len != f.size {
@@ -719,7 +747,11 @@ pub fn execute_local(
                         return Ok((false, false));
                     };
                     if file.clone_range(&h, *offset, u64::from(c.len), c.offset, &can_clone) {
-                        let ok = file.read_back_hash(c.offset, c.len as usize)? == c.hash;
+                        // A range that cannot be read back is fetched (and
+                        // written) like one that does not match.
+                        let ok = file
+                            .read_back_hash(c.offset, c.len as usize)
+                            .is_ok_and(|h| h == c.hash);
                         return Ok((ok, true));
                     }
                     with_aligned(&READ_BUF, c.len as usize, |buf| {
@@ -1004,6 +1036,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Drops every open file handle: files were replaced on disk (by a
+    /// repair in `promote`), so later writes must open them again.
+    pub fn forget_files(&mut self) {
+        self.files.clear();
+        self.dirty.clear();
+    }
+
     /// Makes everything written so far durable and recorded; waits for it.
     pub fn flush(&mut self) -> std::result::Result<(), String> {
         self.hand_off()?;
@@ -1101,10 +1140,19 @@ pub fn promote(
         files.sort();
         files.dedup();
         let mut chunks = Vec::new();
+        let mut fis = Vec::new();
         for path in &files {
             let fi = m
                 .find(path)
                 .ok_or_else(|| format!("verification named {path}, not in the manifest"))?;
+            let first = m.first_chunk(fi);
+            chunks.extend(first..first + m.file_chunks(fi).len() as u64);
+            fis.push(fi);
+        }
+        // Not done any more before anything is touched: a crash in between
+        // leaves chunks to fetch, never a recreated file recorded as done.
+        staging.forget(&chunks)?;
+        for (path, &fi) in files.iter().zip(&fis) {
             let p = statesync_manifest::path::join(&state, path);
             // Unlink first: a hard-linked file is its source's inode, which
             // the refetch must not write into.
@@ -1119,8 +1167,6 @@ pub fn promote(
             Target::open(&p)
                 .and_then(|t| t.file.set_len(m.files()[fi].size))
                 .map_err(|e| format!("recreate {}: {e}", p.display()))?;
-            let first = m.first_chunk(fi);
-            chunks.extend(first..first + m.file_chunks(fi).len() as u64);
         }
         if files.is_empty() && rep.extra.is_empty() {
             return Err(format!(
@@ -1129,7 +1175,6 @@ pub fn promote(
             )
             .into());
         }
-        staging.forget(&chunks)?;
         for path in &files {
             if let Some(parent) = statesync_manifest::path::join(&state, path).parent() {
                 File::open(parent)?.sync_all()?;
@@ -1146,6 +1191,13 @@ pub fn promote(
     // the state in one rename: wherever a crash falls, OUT never exists
     // without its manifest, and a rerun finds either the staging area to
     // resume or the finished checkpoint.
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Err(format!(
+            "{} appeared during the sync; the verified checkpoint stays staged",
+            out.display()
+        )
+        .into());
+    }
     let manifest_out = manifest_path_for(out);
     let mut tmp = manifest_out.clone().into_os_string();
     tmp.push(".tmp");
@@ -1154,8 +1206,10 @@ pub fn promote(
     f.write_all_at(&m.encode(), 0)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &manifest_out)?;
-    std::fs::rename(staging.state_dir(), out)
-        .map_err(|e| format!("move checkpoint to {}: {e}", out.display()))?;
+    if let Err(e) = std::fs::rename(staging.state_dir(), out) {
+        let _ = std::fs::remove_file(&manifest_out);
+        return Err(format!("move checkpoint to {}: {e}", out.display()).into());
+    }
     File::open(&parent)?.sync_all()?;
     Ok(Promotion::Done)
 }

@@ -1304,3 +1304,74 @@ fn in_place_never_keeps_a_file_changed_after_its_manifest() {
     let v = ok_json(&["verify", s(&out), "--manifest", s(&m), "--root", &r2]);
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// In place with `--full-verify`: a kept chunk altered behind its manifest
+/// (mtime restored, so only the final check can tell) is caught, its file
+/// replaced and refetched, and the refetched chunks land in the new file, not
+/// in a handle the writer still held on the old one.
+#[test]
+fn a_kept_chunk_found_bad_at_the_end_is_refetched_into_the_new_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, r1) = make_store(d.path(), "store", 4, "16MiB", "51");
+    let src = d.path().join("store-src");
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&src),
+        "--in-place",
+        "--changed-pct",
+        "25",
+        "--seed",
+        "52",
+    ]);
+    let r2 = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "11",
+        "--from",
+        s(&src),
+    ])["checkpoint"]["root"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
+    let stale = d.path().join("stale");
+    summary(
+        &fetch(d.path(), "a", &r1, &stale, &[&addr], &[]),
+        d.path(),
+        "a",
+    );
+    for e in walk(&stale) {
+        use std::os::unix::fs::PermissionsExt;
+        let mtime = std::fs::metadata(&e).unwrap().modified().unwrap();
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
+        // One byte in every chunk: a file with a changed chunk (fetched
+        // first) and kept ones (caught at the end) has both.
+        let len = f.metadata().unwrap().len();
+        for off in (7..len).step_by(1 << 20) {
+            std::os::unix::fs::FileExt::write_all_at(&f, b"x", off).unwrap();
+        }
+        f.set_modified(mtime).unwrap();
+    }
+    let arg = format!("{}={}.manifest", s(&stale), s(&stale));
+    let out = d.path().join("out");
+    let o = fetch(
+        d.path(),
+        "b",
+        &r2,
+        &out,
+        &[&addr],
+        &["--in-place", &arg, "--full-verify"],
+    );
+    let sum = summary(&o, d.path(), "b");
+    let log = std::fs::read_to_string(d.path().join("b.log")).unwrap();
+    assert!(log.contains("final check:"), "{log}");
+    assert!(sum["local"]["bytes_kept"].as_u64().unwrap() > 0, "{sum}");
+    assert!(sum["bytes_fetched"].as_u64().unwrap() > 0, "{sum}");
+    verify(&out, &r2);
+}

@@ -21,6 +21,21 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The database at `path` exists but is not a readable redb file (damaged,
+/// or half-created by an older version): as opposed to a busy or
+/// unreachable one, which must be left alone.
+pub fn is_unreadable(path: &Path) -> bool {
+    use redb::{DatabaseError, StorageError};
+    match Database::open(path) {
+        Err(DatabaseError::Storage(StorageError::Corrupted(_))) => true,
+        Err(DatabaseError::Storage(StorageError::Io(e))) => matches!(
+            e.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// Opens the database at `path`, or creates it there; `init` (which must be
 /// idempotent: create tables that are missing) runs on it either way, on a
 /// new database before it appears at `path`. Errors name the file and what
@@ -114,5 +129,11 @@ mod tests {
         let e = open_or_create(&p, init).unwrap_err();
         assert!(e.to_string().contains("open database"), "{e}");
         assert!(p.exists(), "an existing file is never deleted");
+        assert!(is_unreadable(&p));
+        // A database in use elsewhere is not unreadable.
+        let q = d.path().join("y.redb");
+        let held = open_or_create(&q, init).unwrap();
+        assert!(!is_unreadable(&q));
+        drop(held);
     }
 }
