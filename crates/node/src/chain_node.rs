@@ -249,6 +249,9 @@ pub struct ChainNode {
     last_status_poll: Instant,
     last_produce: Instant,
     last_decide: Instant,
+    /// State syncs that failed locally in a row (a full disk, say): the
+    /// next decision waits 0.5 s doubled this many times (at most 32 s).
+    sync_failures_in_row: u32,
     last_switch: Instant,
     switch_asked: Option<Instant>,
     pending_anchor: Option<Block>,
@@ -366,6 +369,7 @@ impl ChainNode {
             last_status_poll: past,
             last_produce: past,
             last_decide: past,
+            sync_failures_in_row: 0,
             last_switch: past,
             switch_asked: None,
             pending_anchor: None,
@@ -823,8 +827,12 @@ impl ChainNode {
                 self.send(ctx.swarm, &p, BlockRequest::GetStatus, Req::Status);
             }
         }
-        if let Some(anchor) = self.pending_anchor.take() {
-            self.start_state_sync(ctx, anchor)?;
+        if let Some(anchor) = self.pending_anchor.take()
+            && let Err(e) = self.start_state_sync(ctx, anchor)
+        {
+            // A local failure (a full disk creating the staging area, say)
+            // is retried like a failed sync, not the end of the node.
+            self.on_fetch_failed(format!("cannot start: {e}"));
         }
         // The leader's block production.
         let block_every = Duration::from_millis(self.spec.genesis.block_ms.max(1));
@@ -845,7 +853,7 @@ impl ChainNode {
         match &self.phase {
             Phase::Waiting { since } => {
                 let since = *since;
-                if now.duration_since(self.last_decide) >= Duration::from_millis(500) {
+                if now.duration_since(self.last_decide) >= self.decide_pause() {
                     self.decide(ctx.swarm, since, now);
                 }
             }
@@ -1298,6 +1306,7 @@ impl ChainNode {
     }
 
     pub fn on_fetch_done(&mut self, summary: FetchSummary, now: Instant) {
+        self.sync_failures_in_row = 0;
         let Phase::StateSync { height, anchor } =
             std::mem::replace(&mut self.phase, Phase::Adopting)
         else {
@@ -1340,9 +1349,18 @@ impl ChainNode {
         });
     }
 
+    fn decide_pause(&self) -> Duration {
+        Duration::from_millis(500) * 2u32.pow(self.sync_failures_in_row.min(6))
+    }
+
     pub fn on_fetch_failed(&mut self, e: String) {
         self.stats.local_failures += 1;
-        self.event(&format!("state sync failed: {e}; deciding again"));
+        self.sync_failures_in_row += 1;
+        self.last_decide = Instant::now();
+        self.event(&format!(
+            "state sync failed: {e}; deciding again in {:.1} s",
+            self.decide_pause().as_secs_f64()
+        ));
         self.set_phase(Phase::Waiting {
             since: Instant::now(),
         });

@@ -429,3 +429,96 @@ fn a_joiner_killed_mid_state_sync_restarts_and_keeps_its_chunks() {
     assert_eq!(v0.terminate(), Some(143));
     same_chain(&net.blocks("v0"), &net.blocks("j"));
 }
+
+/// A joiner whose disk is full when it starts a state sync keeps running
+/// (each failure is local: retried with a growing pause, no peer blamed)
+/// and catches up once space is freed. Before, the node exited when the
+/// staging area could not be created.
+#[test]
+fn a_node_whose_disk_fills_during_state_sync_recovers_when_space_is_freed() {
+    let t = tempfile::tempdir().unwrap();
+    let net = Net::new(
+        t.path(),
+        &[
+            "--state-mib",
+            "32",
+            "--block-ms",
+            "100",
+            "--checkpoint-interval",
+            "10",
+        ],
+    );
+    let (_v0, a0) = net.validator(&[]);
+    let dir = s(t.path());
+    let mnt = format!("{dir}/mnt");
+    // The joiner runs in a user and mount namespace on a 20 MiB tmpfs that
+    // grows when the test says so; its log and status stay outside.
+    let script = format!(
+        "mkdir -p {mnt} && mount -t tmpfs -o size=20m tmpfs {mnt} || exit 90\n\
+         {exe} node --genesis {genesis} --data {mnt}/j --peer {a0} --status-file {dir}/j.status \
+           > {dir}/j.log 2>&1 &\n\
+         P=$!\n\
+         while [ ! -e {dir}/grow ]; do sleep 0.1; done\n\
+         mount -o remount,size=1g {mnt} || exit 91\n\
+         while [ ! -e {dir}/stop ]; do sleep 0.1; done\n\
+         kill $P; wait $P; echo $? > {dir}/j.rc\n",
+        exe = env!("CARGO_BIN_EXE_statesync"),
+        genesis = s(&net.genesis),
+    );
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status();
+    assert!(
+        matches!(probe, Ok(st) if st.success()),
+        "this test needs `unshare -rm` (util-linux, user namespaces): {probe:?}"
+    );
+    /// Releases the namespace script (and so the node) however the test
+    /// ends, so no process outlives it holding the harness's pipes.
+    struct Release<'a>(&'a Path, std::process::Child);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("grow"), b"");
+            let _ = std::fs::write(self.0.join("stop"), b"");
+            let _ = self.1.wait();
+        }
+    }
+    let mut ns = Release(
+        t.path(),
+        std::process::Command::new("unshare")
+            .args(["-rm", "sh", "-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(t.path().join("j.log")).unwrap_or_default();
+    // Failing even to create the next staging area (the old code exited
+    // here).
+    wait_for(
+        "a state sync that cannot start on the full disk",
+        Duration::from_secs(60),
+        || log().contains("cannot start"),
+    );
+    assert!(log().contains("No space left on device"), "{}", log());
+    std::fs::write(t.path().join("grow"), b"").unwrap();
+    wait_for(
+        "the joiner following after space was freed",
+        Duration::from_secs(90),
+        || net.phase("j") == "Following" && net.head("j") > 0,
+    );
+    std::fs::write(t.path().join("stop"), b"").unwrap();
+    let st = ns.1.wait().unwrap();
+    assert!(st.success(), "namespace script: {st:?}\n{}", log());
+    // Stopped by SIGTERM, not dead before.
+    assert_eq!(
+        std::fs::read_to_string(t.path().join("j.rc"))
+            .unwrap()
+            .trim(),
+        "143",
+        "{}",
+        log()
+    );
+    let failures = log().matches("state sync failed").count();
+    assert!(failures <= 12, "retried {failures} times: {}", log());
+    assert!(!log().to_lowercase().contains("banned"), "{}", log());
+}
