@@ -465,13 +465,7 @@ fn a_node_whose_disk_fills_during_state_sync_recovers_when_space_is_freed() {
         exe = env!("CARGO_BIN_EXE_statesync"),
         genesis = s(&net.genesis),
     );
-    let probe = std::process::Command::new("unshare")
-        .args(["-rm", "true"])
-        .status();
-    assert!(
-        matches!(probe, Ok(st) if st.success()),
-        "this test needs `unshare -rm` (util-linux, user namespaces): {probe:?}"
-    );
+    common::require_unshare();
     /// Releases the namespace script (and so the node) however the test
     /// ends, so no process outlives it holding the harness's pipes.
     struct Release<'a>(&'a Path, std::process::Child);

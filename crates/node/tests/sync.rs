@@ -873,13 +873,7 @@ fn kademlia_discovers_peers_beyond_the_bootstrap_and_metrics_are_served() {
 /// Runs a shell script in a new user and mount namespace, where it may mount
 /// a size-limited tmpfs (no privileges needed on the host).
 fn in_mount_namespace(script: &str) -> std::process::ExitStatus {
-    let probe = std::process::Command::new("unshare")
-        .args(["-rm", "true"])
-        .status();
-    assert!(
-        matches!(probe, Ok(st) if st.success()),
-        "this test needs `unshare -rm` (util-linux, user namespaces): {probe:?}"
-    );
+    common::require_unshare();
     std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c", script])
         .status()
@@ -1028,68 +1022,11 @@ fn seeded_fetch_on_a_reflink_filesystem_shares_the_seeds_extents() {
     let Some(xfs) = XfsMount::new(d.path()) else {
         return;
     };
-    let src = d.path().join("src");
-    ok_json(&[
-        "gen-state",
-        "new",
-        "--out",
-        s(&src),
-        "--files",
-        "12",
-        "--size",
-        "64MiB",
-        "--seed",
-        "21",
-    ]);
-    let server = d.path().join("server-store");
-    let old_store = xfs.0.join("old-store");
-    for store in [&server, &old_store] {
-        ok_json(&[
-            "checkpoint",
-            "create",
-            "--store",
-            s(store),
-            "--height",
-            "1",
-            "--from",
-            s(&src),
-        ]);
-    }
-    ok_json(&[
-        "gen-state",
-        "mutate",
-        "--from",
-        s(&src),
-        "--in-place",
-        "--changed-pct",
-        "5",
-        "--seed",
-        "22",
-    ]);
-    let root = ok_json(&[
-        "checkpoint",
-        "create",
-        "--store",
-        s(&server),
-        "--height",
-        "2",
-        "--from",
-        s(&src),
-    ])["checkpoint"]["root"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // Writable seed files: nothing can be hard-linked, every unchanged chunk
-    // of a changed file is a copy candidate.
-    let old = old_store.join("checkpoints/00000000000000000001");
+    // A copy of the old checkpoint on the XFS: unchanged files are
+    // hard-linked, the unchanged chunks of changed files are copied (cloned).
+    let (server, old, root) = two_versions(d.path(), &xfs.0.join("old-store"), "12", "64MiB", 21);
     let seed = xfs.0.join("seed");
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(old.join("state"))
-        .arg(&seed)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    copy_tree(&old.join("state"), &seed);
     let (_srv, addr) = serve(d.path(), "srv", &server, &[]);
     let seed_arg = format!("{}={}", s(&seed), s(&old.join("manifest")));
     let before = xfs.used_bytes();
@@ -1138,71 +1075,13 @@ fn seeded_fetch_on_a_reflink_filesystem_shares_the_seeds_extents() {
 #[test]
 fn a_seed_that_changed_behind_its_manifest_is_refetched_not_stuck() {
     let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    ok_json(&[
-        "gen-state",
-        "new",
-        "--out",
-        s(&src),
-        "--files",
-        "12",
-        "--size",
-        "32MiB",
-        "--seed",
-        "31",
-    ]);
-    let server = d.path().join("server-store");
-    let old_store = d.path().join("old-store");
-    for store in [&server, &old_store] {
-        ok_json(&[
-            "checkpoint",
-            "create",
-            "--store",
-            s(store),
-            "--height",
-            "1",
-            "--from",
-            s(&src),
-        ]);
-    }
-    ok_json(&[
-        "gen-state",
-        "mutate",
-        "--from",
-        s(&src),
-        "--in-place",
-        "--changed-pct",
-        "5",
-        "--seed",
-        "32",
-    ]);
-    let root = ok_json(&[
-        "checkpoint",
-        "create",
-        "--store",
-        s(&server),
-        "--height",
-        "2",
-        "--from",
-        s(&src),
-    ])["checkpoint"]["root"]
-        .as_str()
-        .unwrap()
-        .to_string();
     // The seed directory moved on after its manifest was written (a node's
     // live state, say): every file differs at byte 100 but stays read-only,
     // so the plan hard-links the unchanged ones on the manifest's word.
-    let old = old_store.join("checkpoints/00000000000000000001");
+    let (server, old, root) =
+        two_versions(d.path(), &d.path().join("old-store"), "12", "32MiB", 31);
     let seed = d.path().join("seed");
-    assert!(
-        std::process::Command::new("cp")
-            .arg("-a")
-            .arg(old.join("state"))
-            .arg(&seed)
-            .status()
-            .unwrap()
-            .success()
-    );
+    copy_tree(&old.join("state"), &seed);
     let mut seeds = Vec::new();
     for e in walk(&seed) {
         use std::os::unix::fs::PermissionsExt;
@@ -1374,4 +1253,82 @@ fn a_kept_chunk_found_bad_at_the_end_is_refetched_into_the_new_file() {
     assert!(sum["local"]["bytes_kept"].as_u64().unwrap() > 0, "{sum}");
     assert!(sum["bytes_fetched"].as_u64().unwrap() > 0, "{sum}");
     verify(&out, &r2);
+}
+
+/// Generated state in two versions (5% of chunks changed): the server store
+/// holds both (heights 1, 2), `old_store` the first. Returns the server
+/// store, the old checkpoint's directory in `old_store` and the second
+/// version's root.
+fn two_versions(
+    d: &Path,
+    old_store: &Path,
+    files: &str,
+    size: &str,
+    seed: u64,
+) -> (PathBuf, PathBuf, String) {
+    let src = d.join("src");
+    let (s1, s2) = (seed.to_string(), (seed + 1).to_string());
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&src),
+        "--files",
+        files,
+        "--size",
+        size,
+        "--seed",
+        &s1,
+    ]);
+    let server = d.join("server-store");
+    for store in [&server, old_store] {
+        ok_json(&[
+            "checkpoint",
+            "create",
+            "--store",
+            s(store),
+            "--height",
+            "1",
+            "--from",
+            s(&src),
+        ]);
+    }
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&src),
+        "--in-place",
+        "--changed-pct",
+        "5",
+        "--seed",
+        &s2,
+    ]);
+    let c = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&server),
+        "--height",
+        "2",
+        "--from",
+        s(&src),
+    ]);
+    let root = c["checkpoint"]["root"].as_str().unwrap().to_string();
+    (
+        server,
+        old_store.join("checkpoints/00000000000000000001"),
+        root,
+    )
+}
+
+/// `cp -a`: a copy that keeps modes and timestamps.
+fn copy_tree(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }

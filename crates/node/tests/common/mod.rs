@@ -100,3 +100,13 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Tests that mount a size-limited tmpfs do it in a new user and mount
+/// namespace (`unshare -rm`), which needs no privileges on the host.
+pub fn require_unshare() {
+    let probe = Command::new("unshare").args(["-rm", "true"]).status();
+    assert!(
+        matches!(probe, Ok(st) if st.success()),
+        "this test needs `unshare -rm` (util-linux, user namespaces): {probe:?}"
+    );
+}
