@@ -1129,39 +1129,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn in_place_never_keeps_a_file_changed_after_its_manifest() {
     let d = tempfile::tempdir().unwrap();
-    let (store, r1) = make_store(d.path(), "store", 10, "8MiB", "41");
-    let src = d.path().join("store-src");
-    ok_json(&[
-        "gen-state",
-        "mutate",
-        "--from",
-        s(&src),
-        "--in-place",
-        "--changed-pct",
-        "10",
-        "--seed",
-        "42",
-    ]);
-    let r2 = ok_json(&[
-        "checkpoint",
-        "create",
-        "--store",
-        s(&store),
-        "--height",
-        "11",
-        "--from",
-        s(&src),
-    ])["checkpoint"]["root"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
-    let stale = d.path().join("stale");
-    summary(
-        &fetch(d.path(), "a", &r1, &stale, &[&addr], &[]),
-        d.path(),
-        "a",
-    );
+    let (_srv, addr, r2, stale) = stale_copy_and_next_root(d.path(), 10, "8MiB", 41, "10");
     // The stale copy moves on after its manifest was written: one byte in
     // every file, sizes unchanged (what a node's live state does).
     std::thread::sleep(Duration::from_millis(20));
@@ -1191,39 +1159,7 @@ fn in_place_never_keeps_a_file_changed_after_its_manifest() {
 #[test]
 fn a_kept_chunk_found_bad_at_the_end_is_refetched_into_the_new_file() {
     let d = tempfile::tempdir().unwrap();
-    let (store, r1) = make_store(d.path(), "store", 4, "16MiB", "51");
-    let src = d.path().join("store-src");
-    ok_json(&[
-        "gen-state",
-        "mutate",
-        "--from",
-        s(&src),
-        "--in-place",
-        "--changed-pct",
-        "25",
-        "--seed",
-        "52",
-    ]);
-    let r2 = ok_json(&[
-        "checkpoint",
-        "create",
-        "--store",
-        s(&store),
-        "--height",
-        "11",
-        "--from",
-        s(&src),
-    ])["checkpoint"]["root"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
-    let stale = d.path().join("stale");
-    summary(
-        &fetch(d.path(), "a", &r1, &stale, &[&addr], &[]),
-        d.path(),
-        "a",
-    );
+    let (_srv, addr, r2, stale) = stale_copy_and_next_root(d.path(), 4, "16MiB", 51, "25");
     for e in walk(&stale) {
         use std::os::unix::fs::PermissionsExt;
         let mtime = std::fs::metadata(&e).unwrap().modified().unwrap();
@@ -1331,4 +1267,46 @@ fn copy_tree(from: &Path, to: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// A server with generated state at heights 10 and 11 (`pct`% of chunks
+/// changed), and a fetched copy of height 10 in `stale` (with
+/// `stale.manifest`). Returns the server, its address, the root of height
+/// 11 and the stale copy.
+fn stale_copy_and_next_root(
+    d: &Path,
+    files: u64,
+    size: &str,
+    seed: u64,
+    pct: &str,
+) -> (Proc, String, String, PathBuf) {
+    let (store, r1) = make_store(d, "store", files, size, &seed.to_string());
+    let src = d.join("store-src");
+    let next = (seed + 1).to_string();
+    ok_json(&[
+        "gen-state",
+        "mutate",
+        "--from",
+        s(&src),
+        "--in-place",
+        "--changed-pct",
+        pct,
+        "--seed",
+        &next,
+    ]);
+    let c = ok_json(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&store),
+        "--height",
+        "11",
+        "--from",
+        s(&src),
+    ]);
+    let r2 = c["checkpoint"]["root"].as_str().unwrap().to_string();
+    let (srv, addr) = serve(d, "srv", &store, &[]);
+    let stale = d.join("stale");
+    summary(&fetch(d, "a", &r1, &stale, &[&addr], &[]), d, "a");
+    (srv, addr, r2, stale)
 }
