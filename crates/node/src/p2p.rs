@@ -73,6 +73,9 @@ pub enum Fault {
     Silent,
     /// Advertise and serve a forged manifest whose paths escape with `../`.
     Traversal,
+    /// Serve chunks with their first byte flipped: a lying peer (an honest
+    /// one whose disk is damaged finds out by itself, see serve.rs).
+    Corrupt,
 }
 
 /// Final figures of a fetch, printed as the summary.
@@ -418,7 +421,18 @@ pub async fn run(
                                             Ok(job) => {
                                                 let tx2 = tx.clone();
                                                 tokio::task::spawn_blocking(move || {
-                                                    let resp = job.run();
+                                                    let mut resp = job.run();
+                                                    if fault == Some(Fault::Corrupt)
+                                                        && let Response::Chunks { chunks } = &mut resp
+                                                    {
+                                                        for (_, c) in chunks.iter_mut() {
+                                                            let mut v = c.to_vec();
+                                                            if let Some(b) = v.first_mut() {
+                                                                *b ^= 0xff;
+                                                            }
+                                                            *c = v.into();
+                                                        }
+                                                    }
                                                     let _ = tx2.send(LoopMsg::Served { peer, channel, resp });
                                                 });
                                             }

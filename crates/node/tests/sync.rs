@@ -202,27 +202,12 @@ fn statesync_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
-/// Flips the first byte of every 1 MiB chunk of every file under `dir`.
-fn corrupt_all(dir: &Path) {
-    use std::os::unix::fs::{FileExt, PermissionsExt};
-    for (rel, data) in statesync_tree(dir) {
-        let p = dir.join(&rel);
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        for off in (0..data.len()).step_by(1 << 20) {
-            f.write_all_at(&[data[off] ^ 0xff], off as u64).unwrap();
-        }
-    }
-}
-
 #[test]
 fn peer_serving_corrupted_chunks_is_banned_and_sync_completes() {
     let d = tempfile::tempdir().unwrap();
     let (good, root) = make_store(d.path(), "good", 60, "16MiB", "2");
-    let (bad, root2) = make_store(d.path(), "bad", 60, "16MiB", "2");
-    assert_eq!(root, root2, "same data, same root");
-    corrupt_all(&bad.join("checkpoints/00000000000000000010/state"));
-    let (_b, bad_addr) = serve(d.path(), "bad-srv", &bad, &[]);
+    // A lying peer: its data on disk is right, what it sends is not.
+    let (_b, bad_addr) = serve(d.path(), "bad-srv", &good, &["--fault", "corrupt"]);
     let (_g, good_addr) = serve(d.path(), "good-srv", &good, &[]);
     let out = d.path().join("out");
     let o = fetch(d.path(), "f", &root, &out, &[&bad_addr, &good_addr], &[]);
@@ -1309,4 +1294,38 @@ fn stale_copy_and_next_root(
     let stale = d.join("stale");
     summary(&fetch(d, "a", &r1, &stale, &[&addr], &[]), d, "a");
     (srv, addr, r2, stale)
+}
+
+/// A server whose checkpoint was altered on disk finds out by itself (the
+/// first chunk it serves is checked, then one in 64), says so, withdraws the
+/// checkpoint and answers NOT_FOUND; the fetch completes from the others.
+#[test]
+fn a_server_whose_checkpoint_is_damaged_on_disk_withdraws_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 60, "8MiB", "61");
+    let bad_store = d.path().join("bad-store");
+    copy_tree(&store, &bad_store);
+    for e in walk(&bad_store.join("checkpoints")) {
+        if !s(&e).contains("/state/") {
+            continue;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"!", 7).unwrap();
+    }
+    let (_good, good) = serve(d.path(), "good", &store, &[]);
+    let (bad, bad_addr) = serve(d.path(), "bad", &bad_store, &[]);
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&bad_addr, &good], &[]);
+    summary(&o, d.path(), "f");
+    verify(&out, &root);
+    wait_for(
+        "the damaged server's report",
+        Duration::from_secs(10),
+        || bad.log().contains("is damaged on disk"),
+    );
+    let log = bad.log();
+    assert!(log.contains("does not match its manifest"), "{log}");
+    assert_eq!(log.matches("is damaged on disk").count(), 1, "{log}");
 }
