@@ -336,14 +336,20 @@ const DIRECT_ALIGN: usize = 4096;
 /// turns it off, e.g. to compare, or on a filesystem that misbehaves).
 fn direct_io_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("STATESYNC_DIRECT_IO").map_or(true, |v| v != "0"))
+    switched_on(&ON, "STATESYNC_DIRECT_IO")
+}
+
+/// An optimisation that is on unless the environment sets `var` to `0`
+/// (read once per process).
+fn switched_on(cell: &'static std::sync::OnceLock<bool>, var: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(var).map_or(true, |v| v != "0"))
 }
 
 /// `STATESYNC_REFLINK=0` turns off extent sharing for local chunk copies
 /// (to measure, or on a filesystem whose clones misbehave).
 fn reflink_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("STATESYNC_REFLINK").map_or(true, |v| v != "0"))
+    switched_on(&ON, "STATESYNC_REFLINK")
 }
 
 thread_local! {
