@@ -183,7 +183,8 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     // processes, starting from its stale copy of checkpoint 100 (in place).
     let net = network_sync(&dir, &store, &m1, &c2.info.root.to_hex(), json)?;
     say(format!(
-        "[7/7] 3 nodes serve the store; a late joiner holding checkpoint 100 syncs 200 over libp2p (noise-encrypted, every chunk verified):\n      fetched {} from {} peers, kept {} in place, {:.2}s — the result verifies against root {}",
+        "[7/7] 3 nodes serve the store; a late joiner holding checkpoint 100 syncs 200 over libp2p ({}, every chunk verified):\n      fetched {} from {} peers, kept {} in place, {:.2}s — the result verifies against root {}",
+        statesync_net::tls::bulk_cipher(),
         ui::bytes(net["bytes_fetched"].as_u64().unwrap_or(0)),
         net["peers_used"].as_u64().unwrap_or(0),
         ui::bytes(net["local"]["bytes_kept"].as_u64().unwrap_or(0)),
@@ -195,7 +196,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
         "retention (keep 1): removed checkpoints {:?}",
         pr.removed
     ));
-    say("\nNext milestones: the reference chain, block sync and backfill, and the multi-node catch-up demo.".into());
+    say("\nThe whole chain (validator, followers, a late joiner catching up): `statesync demo` without --walkthrough.".into());
     summary.insert("network_sync".into(), net);
     summary.insert("generated".into(), serde_json::to_value(&g)?);
     summary.insert("checkpoint_full".into(), serde_json::to_value(&c1.info)?);
