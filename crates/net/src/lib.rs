@@ -92,6 +92,19 @@ pub struct NetConfig {
     /// Streams of the state protocol open at once per connection.
     pub max_concurrent_streams: usize,
     pub idle_connection_timeout: Duration,
+    /// The security protocol this node proposes first when it dials over
+    /// TCP; the other one is proposed second and both are accepted.
+    pub security: Security,
+}
+
+/// The security protocol a node proposes first on TCP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Security {
+    /// libp2p's TLS 1.3 with the cheapest cipher of this CPU ([`tls`]).
+    #[default]
+    Tls,
+    /// libp2p's noise (`Noise_XX_25519_ChaChaPoly_SHA256`).
+    Noise,
 }
 
 impl Default for NetConfig {
@@ -100,14 +113,16 @@ impl Default for NetConfig {
             request_timeout: Duration::from_secs(120),
             max_concurrent_streams: 256,
             idle_connection_timeout: Duration::from_secs(60),
+            security: Security::Tls,
         }
     }
 }
 
 /// Builds the swarm: TCP + (TLS or noise) + yamux, and QUIC, on tokio.
 ///
-/// As a dialer it proposes `/tls/1.0.0` first and `/noise` second; as a
-/// listener it accepts either. Between statesync nodes that is TLS 1.3 with
+/// As a dialer it proposes `/tls/1.0.0` first and `/noise` second (the
+/// other way round with [`Security::Noise`]); as a listener it accepts
+/// either. Between statesync nodes that is TLS 1.3 with
 /// AES-128-GCM where the CPU has AES instructions (see [`tls`]: it halves
 /// the CPU spent encrypting bulk transfers compared with noise's
 /// ChaCha20-Poly1305); a stock libp2p node that speaks only noise still
@@ -123,47 +138,65 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
     // included) silently switches it back to yamux 0.12 with fixed 256 KiB
     // windows per stream, so none is called.
     let yamux_cfg = yamux::Config::default();
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            (tls::Config::new, noise::Config::new),
-            move || yamux_cfg.clone(),
-        )
-        .map_err(|e| b(&e))?
-        .with_quic()
-        .with_behaviour(|key| {
-            let peer_id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
-            kad.set_mode(Some(kad::Mode::Server));
-            Behaviour {
-                state: request_response::Behaviour::new(
-                    [(
-                        StreamProtocol::new(statesync_proto::PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    rr_cfg.clone(),
-                ),
-                blocks: request_response::Behaviour::new(
-                    [(
-                        StreamProtocol::new(statesync_proto::blocks::BLOCKS_PROTOCOL),
-                        request_response::ProtocolSupport::Full,
-                    )],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(30))
-                        .with_max_concurrent_streams(64),
-                ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "/statesync/id/1".into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::new(ping::Config::new()),
-                kad,
-                one_per_peer: OnePerPeer::new(peer_id),
-            }
-        })
-        .map_err(|e| b(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_connection_timeout))
-        .build();
+    let behaviour = |key: &Keypair| -> Behaviour {
+        let peer_id = key.public().to_peer_id();
+        let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+        kad.set_mode(Some(kad::Mode::Server));
+        Behaviour {
+            state: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(statesync_proto::PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                rr_cfg.clone(),
+            ),
+            blocks: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(statesync_proto::blocks::BLOCKS_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(30))
+                    .with_max_concurrent_streams(64),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/statesync/id/1".into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            one_per_peer: OnePerPeer::new(peer_id),
+        }
+    };
+    let idle = cfg.idle_connection_timeout;
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    // The same swarm either way; only the order in which the dialer proposes
+    // the two security protocols differs (the listener accepts both).
+    let swarm = match cfg.security {
+        Security::Tls => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                (tls::Config::new, noise::Config::new),
+                move || yamux_cfg.clone(),
+            )
+            .map_err(|e| b(&e))?
+            .with_quic()
+            .with_behaviour(behaviour)
+            .map_err(|e| b(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        Security::Noise => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                (noise::Config::new, tls::Config::new),
+                move || yamux_cfg.clone(),
+            )
+            .map_err(|e| b(&e))?
+            .with_quic()
+            .with_behaviour(behaviour)
+            .map_err(|e| b(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
     Ok(swarm)
 }

@@ -140,21 +140,33 @@ async fn stock_libp2p_tls_peers_interoperate_both_ways() {
     assert_eq!(suite(&a.unwrap().1), name(TLS13_AES_128_GCM_SHA256));
 }
 
-#[tokio::test]
-async fn a_server_certificate_without_the_libp2p_extension_is_refused() {
-    // A plain self-signed certificate, as any TLS server has: it proves no
-    // libp2p identity, so our client must not complete the handshake.
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let der = cert.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
+/// Our client against a rustls server presenting `cert` while signing the
+/// handshake with `key`: Ok if our client completed the handshake.
+async fn client_against(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<(), String> {
+    #[derive(Debug)]
+    struct Fixed(std::sync::Arc<rustls::sign::CertifiedKey>);
+    impl rustls::server::ResolvesServerCert for Fixed {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    // No check that the key matches the certificate (with_single_cert has
+    // one): an impostor controls its own server.
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+    let certified = rustls::sign::CertifiedKey::new(vec![cert], signer);
     let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13])
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![der], key)
-    .unwrap();
+    .with_cert_resolver(std::sync::Arc::new(Fixed(std::sync::Arc::new(certified))));
     let (c, s) = socket_pair().await;
     let acceptor = futures_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
     let ours = tls::Config::new(&Keypair::generate_ed25519()).unwrap();
@@ -162,11 +174,69 @@ async fn a_server_certificate_without_the_libp2p_extension_is_refused() {
         // Bounded: a refused handshake closes the socket.
         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await
     });
-    let err = match client {
-        Ok(_) => panic!("handshake with a non-libp2p certificate completed"),
-        Err(e) => e.to_string(),
-    };
-    assert!(err.contains("TLS handshake as client"), "{err}");
+    client.map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn ecdsa_key() -> rustls::pki_types::PrivateKeyDer<'static> {
+    let k = rcgen::KeyPair::generate().unwrap();
+    rustls::pki_types::PrivateKeyDer::try_from(k.serialize_der()).unwrap()
+}
+
+#[tokio::test]
+async fn a_server_certificate_without_the_libp2p_extension_is_refused() {
+    // A plain self-signed certificate, as any TLS server has: it proves no
+    // libp2p identity.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.key_pair.serialize_der()).unwrap();
+    let err = client_against(cert.cert.der().clone(), key)
+        .await
+        .unwrap_err();
+    assert!(err.contains("invalid peer certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_replaying_another_nodes_certificate_is_refused() {
+    // Anyone who connects to a node gets its certificate. An impostor that
+    // presents it without the matching private key must fail the
+    // handshake's signature check (this is what proves the peer id).
+    let victim = Keypair::generate_ed25519();
+    let (cert, _victims_key) = libp2p::tls::certificate::generate(&victim).unwrap();
+    let err = client_against(cert, ecdsa_key()).await.unwrap_err();
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    // The same kind of certificate with its own key is accepted (the server
+    // here asks for no client certificate): the refusal above is the
+    // signature's, not the certificate's.
+    let (cert, key) = libp2p::tls::certificate::generate(&victim).unwrap();
+    client_against(cert, key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_to_the_wrong_peer_id_fails() {
+    use libp2p::swarm::DialError;
+    let cfg = statesync_net::NetConfig::default();
+    let mut server = statesync_net::build_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+    let mut client = statesync_net::build_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+    let addr = listen(&mut server).await;
+    let other = Keypair::generate_ed25519().public().to_peer_id();
+    client
+        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(other)))
+        .unwrap();
+    let deadline = tokio::time::sleep(Duration::from_secs(30));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            e = client.select_next_some() => match e {
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    assert!(matches!(error, DialError::WrongPeerId { .. }), "{error}");
+                    return;
+                }
+                SwarmEvent::ConnectionEstablished { .. } => panic!("connected to the wrong peer"),
+                _ => {}
+            },
+            _ = server.select_next_some() => {}
+            _ = &mut deadline => panic!("no dial result within 30 s"),
+        }
+    }
 }
 
 /// A stock libp2p node that speaks only noise (no TLS) on TCP.
@@ -240,4 +310,45 @@ async fn a_noise_only_libp2p_node_connects_to_us_and_we_to_it() {
     let addr = listen(&mut stock).await;
     ours.dial(addr).unwrap();
     until_connected(&mut ours, &mut stock).await;
+}
+
+/// Which security protocol a node built by `build_swarm` proposes first:
+/// a raw listener supporting both reports what the dialer asked for.
+async fn proposed_by(security: statesync_net::Security) -> &'static str {
+    let cfg = statesync_net::NetConfig {
+        security,
+        ..Default::default()
+    };
+    let mut ours = statesync_net::build_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    ours.dial(
+        format!("/ip4/127.0.0.1/tcp/{port}")
+            .parse::<Multiaddr>()
+            .unwrap(),
+    )
+    .unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            ours.select_next_some().await;
+        }
+    });
+    let (socket, _) = listener.accept().await.unwrap();
+    // The listener's side of multistream-select: it accepts the first of
+    // the dialer's proposals it supports, and it supports both.
+    let (proto, _io) = tokio::time::timeout(
+        Duration::from_secs(30),
+        multistream_select::listener_select_proto(TcpStream(socket), ["/tls/1.0.0", "/noise"]),
+    )
+    .await
+    .expect("negotiation within 30 s")
+    .unwrap();
+    driver.abort();
+    proto
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dialer_proposes_the_configured_security_first() {
+    assert_eq!(proposed_by(statesync_net::Security::Tls).await, "/tls/1.0.0");
+    assert_eq!(proposed_by(statesync_net::Security::Noise).await, "/noise");
 }

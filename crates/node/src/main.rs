@@ -176,6 +176,19 @@ struct NetArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// Security protocol proposed first when dialling over TCP (both are
+    /// always accepted): tls = libp2p's TLS 1.3 with AES-128-GCM where the
+    /// CPU has AES instructions (the fast path), noise = libp2p's noise
+    /// (ChaCha20-Poly1305).
+    #[arg(long, value_enum, default_value_t = SecurityArg::Tls)]
+    security: SecurityArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SecurityArg {
+    Tls,
+    Noise,
 }
 
 impl NetArgs {
@@ -194,6 +207,10 @@ impl NetArgs {
             max_peers: self.max_peers,
             status_file: self.status_file.clone(),
             metrics: self.metrics,
+            security: match self.security {
+                SecurityArg::Tls => statesync_net::Security::Tls,
+                SecurityArg::Noise => statesync_net::Security::Noise,
+            },
         })
     }
 }
@@ -318,6 +335,10 @@ pub struct NodeArgs {
     /// Catch-up plan: decided by measured rates, or forced.
     #[arg(long, value_enum)]
     catch_up: Option<chain_node::CatchUp>,
+    /// Security protocol proposed first when dialling over TCP (tls or
+    /// noise; both are always accepted). Default tls.
+    #[arg(long, value_enum)]
+    security: Option<SecurityArg>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -340,6 +361,7 @@ struct NodeFile {
     max_concurrent: Option<usize>,
     switch_after_secs: Option<f64>,
     batch_size: Option<u64>,
+    security: Option<SecurityArg>,
 }
 
 pub fn run_node(a: NodeArgs, json: bool, quiet: bool) -> Result<ExitCode> {
@@ -419,6 +441,7 @@ pub fn run_node(a: NodeArgs, json: bool, quiet: bool) -> Result<ExitCode> {
         max_peers: 64,
         status_file: a.status_file,
         metrics: a.metrics,
+        security: a.security.or(file.security).unwrap_or(SecurityArg::Tls),
     };
     let cfg = net.cfg(json, quiet)?;
     std::fs::create_dir_all(&cfg.data)?;

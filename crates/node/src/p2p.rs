@@ -44,6 +44,8 @@ pub struct NodeCfg {
     pub status_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Security protocol proposed first on TCP.
+    pub security: statesync_net::Security,
 }
 
 /// A state sync to run.
@@ -159,8 +161,13 @@ pub async fn run(
 ) -> Result<ExitCode> {
     let kp = statesync_net::load_or_create_identity(&cfg.data.join("identity.key"))?;
     let local_id = kp.public().to_peer_id();
-    let mut swarm: Swarm<Behaviour> =
-        statesync_net::build_swarm(kp.clone(), &NetConfig::default())?;
+    let mut swarm: Swarm<Behaviour> = statesync_net::build_swarm(
+        kp.clone(),
+        &NetConfig {
+            security: cfg.security,
+            ..NetConfig::default()
+        },
+    )?;
     let listen = if cfg.listen.is_empty() {
         vec!["/ip4/127.0.0.1/tcp/0".parse::<Multiaddr>()?]
     } else {

@@ -687,6 +687,27 @@ fn fetch_over_quic() {
 }
 
 #[test]
+fn a_fetcher_preferring_noise_syncs_from_servers_preferring_tls() {
+    // The fetcher dials, so its preference decides: the whole sync runs
+    // over noise (which proposal wins is pinned by crates/net/tests/tls.rs).
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 30, "8MiB", "12");
+    let (_a, a) = serve(d.path(), "sa", &store, &[]);
+    let (_b, b) = serve(d.path(), "sb", &store, &["--security", "tls"]);
+    let out = d.path().join("out");
+    let o = fetch(
+        d.path(),
+        "f",
+        &root,
+        &out,
+        &[&a, &b],
+        &["--security", "noise"],
+    );
+    summary(&o, d.path(), "f");
+    verify(&out, &root);
+}
+
+#[test]
 fn in_place_sync_consumes_a_stale_checkpoint_and_survives_sigkill() {
     let d = tempfile::tempdir().unwrap();
     let state = d.path().join("src");
