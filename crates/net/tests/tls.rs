@@ -349,6 +349,9 @@ async fn proposed_by(security: statesync_net::Security) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dialer_proposes_the_configured_security_first() {
-    assert_eq!(proposed_by(statesync_net::Security::Tls).await, "/tls/1.0.0");
+    assert_eq!(
+        proposed_by(statesync_net::Security::Tls).await,
+        "/tls/1.0.0"
+    );
     assert_eq!(proposed_by(statesync_net::Security::Noise).await, "/noise");
 }
