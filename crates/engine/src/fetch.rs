@@ -522,6 +522,40 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.schedule(now);
     }
 
+    /// Chunks to fetch after all, on top of those given to
+    /// [`Fetch::set_needed`]: local copies, run while the fetch is under
+    /// way, whose source did not match. A fetch that had finished goes back
+    /// to fetching. Chunks already pending or in flight, and calls before
+    /// `set_needed`, change nothing; a chunk given here is fetched even if
+    /// it was fetched before (the caller names chunks it did not get).
+    pub fn add_needed(&mut self, more: impl IntoIterator<Item = u64>, now: Instant) {
+        if !matches!(self.phase, Phase::Chunks | Phase::Done) {
+            return;
+        }
+        let n = self.chunks.len();
+        let mut list: Vec<u64> = more
+            .into_iter()
+            .filter(|&i| (i as usize) < n && self.chunks[i as usize] == Chunk::Done)
+            .collect();
+        list.sort_unstable();
+        list.dedup();
+        if list.is_empty() {
+            return;
+        }
+        for &i in &list {
+            self.chunks[i as usize] = Chunk::Pending;
+        }
+        self.progress.chunks_needed += list.len() as u64;
+        self.progress.bytes_needed += list
+            .iter()
+            .map(|&i| u64::from(self.lens[i as usize]))
+            .sum::<u64>();
+        let order = self.node_order(list);
+        self.queue.extend(order);
+        self.phase = Phase::Chunks;
+        self.schedule(now);
+    }
+
     /// Per-chunk outcome of a chunk request: `Ok(())` for a verified chunk
     /// (already written by the shell), `Err(reason)` for one that failed
     /// verification. Requested chunks absent from `results` were not sent

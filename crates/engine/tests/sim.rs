@@ -561,3 +561,47 @@ fn nothing_needed_is_done_at_once_and_partial_plans_fetch_only_the_rest() {
     asked.sort();
     assert_eq!(asked, vec![5, 6, 7, 250]);
 }
+
+/// Answers every chunk request in `f`'s queue as verified; returns the
+/// chunks asked for.
+fn answer_all(f: &mut Fetch<usize>, now: Instant) -> Vec<u64> {
+    let mut asked = Vec::new();
+    while let Some(a) = f.poll_action() {
+        if let Action::Send {
+            id,
+            ask: Ask::Chunks(list),
+            ..
+        } = a
+        {
+            let results: Vec<(u64, Result<(), String>)> =
+                list.iter().map(|&i| (i, Ok(()))).collect();
+            asked.extend(list);
+            f.handle_chunks(id, &results, now);
+        }
+    }
+    asked.sort();
+    asked
+}
+
+#[test]
+fn chunks_added_after_the_plan_are_fetched_even_after_the_rest_is_done() {
+    // Local copies run while peers serve the rest; a copy whose source did
+    // not match is added late, possibly after everything else arrived.
+    let m = big_manifest(300);
+    let now = Instant::now();
+    let mut f: Fetch<usize> = Fetch::with_manifest(m.root(), 1, cfg(), m);
+    f.add_peer(0, now);
+    f.add_needed([9], now); // before the plan: ignored
+    f.set_needed([5, 6], now);
+    f.add_needed([7, 6], now); // 6 is already pending
+    assert_eq!(answer_all(&mut f, now), vec![5, 6, 7]);
+    assert!(f.is_done());
+    let before = f.progress().bytes_needed;
+    f.add_needed([100, 101], now);
+    assert!(!f.is_done());
+    assert_eq!(f.progress().chunks_needed, 5);
+    assert!(f.progress().bytes_needed > before);
+    assert_eq!(answer_all(&mut f, now), vec![100, 101]);
+    assert!(f.is_done());
+    assert_eq!(f.progress().chunks_done, 5);
+}

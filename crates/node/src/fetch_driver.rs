@@ -28,7 +28,12 @@ type Result<T> = std::result::Result<T, Error>;
 
 /// Messages from the driver's helper tasks and threads.
 pub enum FetchMsg {
-    Planned(Result<(Vec<u64>, LocalReport)>),
+    /// The fast part of the local plan is done: chunks to fetch, what was
+    /// reused, and the local copies (chunks, bytes) now running.
+    Planned(Result<(Vec<u64>, LocalReport, (u64, u64))>),
+    /// The local copies are done: chunks whose source did not match (to
+    /// fetch after all) and what was copied.
+    LocalCopied(Result<(Vec<u64>, LocalReport)>),
     Written {
         id: u64,
         results: Vec<(u64, std::result::Result<(), String>)>,
@@ -59,6 +64,8 @@ pub struct FetchDriver {
     pub summary: FetchSummary,
     received: u64,
     finishing: bool,
+    /// Local chunk copies still running (the fetch cannot finish before).
+    local_pending: bool,
     /// Times the final check sent chunks back to be fetched (at most once).
     repairs: u32,
     /// Progress of the fetch before such a repair reset it.
@@ -156,6 +163,7 @@ impl FetchDriver {
             summary,
             received: 0,
             finishing: false,
+            local_pending: false,
             repairs: 0,
             bytes_before_repair: 0,
             chunks_before_repair: 0,
@@ -188,7 +196,7 @@ impl FetchDriver {
     }
 
     pub fn is_done(&self) -> bool {
-        self.fetch.is_done()
+        self.fetch.is_done() && !self.local_pending
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -246,7 +254,7 @@ impl FetchDriver {
                 }
             }
         }
-        if self.fetch.is_done() && !self.finishing {
+        if self.is_done() && !self.finishing {
             self.finishing = true;
             match &self.writer_tx {
                 Some(w) => {
@@ -296,12 +304,24 @@ impl FetchDriver {
             }
             let plan = statesync_manifest::plan(&m2, &sources);
             let inplace = st2.in_place_manifest();
-            let r = session::execute_local(&st2, &m2, &plan, &sources, inplace.as_ref());
-            let _ = tx.send(LoopMsg::Fetch {
-                generation,
-                msg: Box::new(FetchMsg::Planned(r)),
-            });
+            let send = |msg| {
+                let _ = tx.send(LoopMsg::Fetch {
+                    generation,
+                    msg: Box::new(msg),
+                });
+            };
+            match session::prepare_local(&st2, &m2, &plan, &sources, inplace.as_ref()) {
+                Err(e) => send(FetchMsg::Planned(Err(e))),
+                Ok((need, rep, copies)) => {
+                    // Peers start on the chunks nobody has locally while
+                    // the local copies run.
+                    let size = (copies.chunks(), copies.bytes());
+                    send(FetchMsg::Planned(Ok((need, rep, size))));
+                    send(FetchMsg::LocalCopied(copies.run(&st2)));
+                }
+            }
         });
+        self.local_pending = true;
         // The writer for fetched chunks.
         let (wtx, wrx) = std::sync::mpsc::channel::<WriteJob>();
         self.writer_tx = Some(wtx);
@@ -416,30 +436,63 @@ impl FetchDriver {
     pub fn on_msg(&mut self, msg: FetchMsg, now: Instant) -> Result<Option<FetchSummary>> {
         match msg {
             FetchMsg::Planned(r) => {
-                let (need, rep) = r?;
+                let (need, rep, (copy_chunks, copy_bytes)) = r?;
+                let fetch_bytes: u64 = self
+                    .manifest
+                    .as_ref()
+                    .map(|m| {
+                        need.iter()
+                            .map(|&i| u64::from(m.chunks()[i as usize].len))
+                            .sum()
+                    })
+                    .unwrap_or(0);
                 self.log(format!(
-                    "local reuse: {} files linked ({}), {} chunks copied ({}{}), {} zero chunks, {} chunks from an earlier run; {} chunks ({}) to fetch",
+                    "local reuse: {} files linked ({}), {} zero chunks, {} chunks from an earlier run{}; {} chunks ({}) to copy locally while {} chunks ({}) are fetched",
                     rep.files_linked,
                     ui::bytes(rep.bytes_linked),
-                    rep.chunks_copied,
-                    ui::bytes(rep.bytes_copied),
-                    if rep.bytes_cloned > 0 {
-                        format!(", {} of it cloned", ui::bytes(rep.bytes_cloned))
+                    rep.chunks_zero,
+                    rep.chunks_resumed,
+                    if rep.chunks_kept > 0 {
+                        format!(", {} kept in place ({})", rep.chunks_kept, ui::bytes(rep.bytes_kept))
                     } else {
                         String::new()
                     },
-                    rep.chunks_zero,
-                    rep.chunks_resumed,
+                    copy_chunks,
+                    ui::bytes(copy_bytes),
                     need.len(),
-                    ui::bytes(
-                        self.manifest
-                            .as_ref()
-                            .map(|m| need.iter().map(|&i| u64::from(m.chunks()[i as usize].len)).sum())
-                            .unwrap_or(0)
-                    )
+                    ui::bytes(fetch_bytes),
                 ));
                 self.summary.local = rep;
                 self.fetch.set_needed(need, now);
+                if let Some(pb) = &self.bar {
+                    pb.set_length(self.fetch.progress().bytes_needed);
+                }
+            }
+            FetchMsg::LocalCopied(r) => {
+                let (bad, rep) = r?;
+                if rep.chunks_copied > 0 || !bad.is_empty() {
+                    self.log(format!(
+                        "local copies done: {} chunks ({}{}){}",
+                        rep.chunks_copied,
+                        ui::bytes(rep.bytes_copied),
+                        if rep.bytes_cloned > 0 {
+                            format!(", {} of it cloned", ui::bytes(rep.bytes_cloned))
+                        } else {
+                            String::new()
+                        },
+                        if bad.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; {} did not match their source and are fetched instead",
+                                bad.len()
+                            )
+                        }
+                    ));
+                }
+                self.summary.local.add_copies(&rep);
+                self.fetch.add_needed(bad, now);
+                self.local_pending = false;
                 if let Some(pb) = &self.bar {
                     pb.set_length(self.fetch.progress().bytes_needed);
                 }

@@ -570,16 +570,148 @@ impl LocalReport {
     }
 }
 
-/// Creates the target files (sparse, at their final size), hard-links
-/// identical files, copies and verifies local chunks, and returns the chunk
-/// indices that must still be fetched.
-pub fn execute_local(
+/// The local chunk copies a plan calls for, prepared by [`prepare_local`]
+/// (their files exist at their final size) and run by [`LocalCopies::run`],
+/// which may overlap with fetching the other chunks from peers: each
+/// writes its own ranges of the files.
+pub struct LocalCopies {
+    files: Vec<FileCopies>,
+}
+
+struct FileCopies {
+    /// Opened again to copy: holding every file open until then could run
+    /// out of file descriptors.
+    dst: PathBuf,
+    /// (chunk index, its entry, source path, offset in the source).
+    copies: Vec<(u64, statesync_manifest::ChunkEntry, PathBuf, u64)>,
+}
+
+impl LocalCopies {
+    /// Chunks to copy.
+    pub fn chunks(&self) -> u64 {
+        self.files.iter().map(|f| f.copies.len() as u64).sum()
+    }
+
+    /// Bytes to copy.
+    pub fn bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| f.copies.iter())
+            .map(|(_, c, _, _)| u64::from(c.len))
+            .sum()
+    }
+
+    /// Copies (or clones) every chunk after verifying it, makes them durable
+    /// and records them as done. Returns the chunks whose source did not
+    /// match (to fetch from peers) and what was copied.
+    pub fn run(self, staging: &Staging) -> Result<(Vec<u64>, LocalReport)> {
+        let mut rep = LocalReport::default();
+        let mut mismatched = Vec::new();
+        // Cleared once the staging filesystem refuses to clone.
+        let can_clone = std::sync::atomic::AtomicBool::new(true);
+        for fc in self.files {
+            let (done, bad) = fc.run(&can_clone, &mut rep)?;
+            mismatched.extend(bad);
+            // Recorded file by file: after a crash only the file being
+            // copied is copied again.
+            staging.commit_written(&done)?;
+        }
+        Ok((mismatched, rep))
+    }
+}
+
+impl FileCopies {
+    fn run(
+        &self,
+        can_clone: &std::sync::atomic::AtomicBool,
+        rep: &mut LocalReport,
+    ) -> Result<(Vec<u64>, Vec<u64>)> {
+        let file =
+            Target::open(&self.dst).map_err(|e| format!("open {}: {e}", self.dst.display()))?;
+        let file = &file;
+        // Copies run in parallel (reads from the page cache, hashing and
+        // direct writes overlap); each is verified before it is written.
+        // Where the filesystem shares extents (XFS, btrfs) a chunk is cloned
+        // instead, then verified by reading it back from the device: no
+        // bytes written, no space used twice.
+        let outcomes: Vec<std::io::Result<(bool, bool)>> = {
+            use rayon::prelude::*;
+            self.copies
+                .par_iter()
+                .map(|(_, c, src, offset)| {
+                    let Ok(h) = File::open(src) else {
+                        return Ok((false, false));
+                    };
+                    if file.clone_range(&h, *offset, u64::from(c.len), c.offset, can_clone) {
+                        // A range that cannot be read back is fetched (and
+                        // written) like one that does not match.
+                        let ok = file
+                            .read_back_hash(c.offset, c.len as usize)
+                            .is_ok_and(|h| h == c.hash);
+                        return Ok((ok, true));
+                    }
+                    with_aligned(&READ_BUF, c.len as usize, |buf| {
+                        let ok = h.read_exact_at(buf, *offset).is_ok() && chunk_hash(buf) == c.hash;
+                        if ok {
+                            file.write_at(buf, c.offset)?;
+                        }
+                        Ok((ok, false))
+                    })
+                })
+                .collect()
+        };
+        let mut wrote = false;
+        let (mut copied, mut bad) = (Vec::new(), Vec::new());
+        for ((idx, c, _, _), r) in self.copies.iter().zip(outcomes) {
+            let (ok, cloned) = r.map_err(|e| format!("write {}: {e}", self.dst.display()))?;
+            if cloned {
+                // A clone whose bytes did not verify left foreign bytes in
+                // the range; the fetched chunk overwrites them.
+                wrote = true;
+            }
+            if ok {
+                wrote = true;
+                rep.chunks_copied += 1;
+                rep.bytes_copied += u64::from(c.len);
+                if cloned {
+                    rep.bytes_cloned += u64::from(c.len);
+                }
+                copied.push(*idx);
+            } else {
+                rep.copy_mismatches += 1;
+                bad.push(*idx);
+            }
+        }
+        if wrote {
+            file.sync_data()
+                .map_err(|e| format!("fsync {}: {e}", self.dst.display()))?;
+        }
+        Ok((copied, bad))
+    }
+}
+
+impl LocalReport {
+    /// Adds what [`LocalCopies::run`] did.
+    pub fn add_copies(&mut self, c: &LocalReport) {
+        self.chunks_copied += c.chunks_copied;
+        self.bytes_copied += c.bytes_copied;
+        self.bytes_cloned += c.bytes_cloned;
+        self.copy_mismatches += c.copy_mismatches;
+    }
+}
+
+/// The fast part of executing a local plan: creates the target files
+/// (sparse, at their final size), hard-links identical files, writes zero
+/// chunks, keeps what a consumed checkpoint has right, records all that as
+/// done, and returns the chunks to fetch from peers and the local copies
+/// still to run ([`LocalCopies::run`]).
+pub fn prepare_local(
     staging: &Staging,
     m: &Manifest,
     plan: &Plan,
     sources: &[LocalSource<'_>],
     in_place: Option<&Manifest>,
-) -> Result<(Vec<u64>, LocalReport)> {
+) -> Result<(Vec<u64>, LocalReport, LocalCopies)> {
     let state = staging.state_dir();
     let done = staging.done()?;
     let mut rep = LocalReport::default();
@@ -602,10 +734,7 @@ pub fn execute_local(
         .map(|l| (l.file, (l.source, l.source_file)))
         .collect();
     let mut newly_done = Vec::new();
-    // Cleared once the staging filesystem refuses to clone.
-    let can_clone = std::sync::atomic::AtomicBool::new(true);
-    // Chunks copied from local sources (verified before they were written).
-    let mut copied = Vec::new();
+    let mut to_copy = Vec::new();
     let mut need = Vec::new();
     // Directories whose entries this run changed (`touched_dirs`) are the
     // only ones fsynced: an in-place or resumed sync touches few.
@@ -734,64 +863,18 @@ pub fn execute_local(
                         s.dir,
                         &s.manifest.files()[sf as usize].path,
                     );
-                    copies.push((idx, c, src, offset));
+                    copies.push((idx, *c, src, offset));
                 }
                 ChunkAction::Fetch | ChunkAction::Linked => need.push(idx),
             }
         }
-        // Copies run in parallel (reads from the page cache, hashing and
-        // direct writes overlap); each is verified before it is written.
-        // Where the filesystem shares extents (XFS, btrfs) a chunk is cloned
-        // instead, then verified by reading it back from the device: no
-        // bytes written, no space used twice.
-        let outcomes: Vec<std::io::Result<(bool, bool)>> = {
-            use rayon::prelude::*;
-            copies
-                .par_iter()
-                .map(|(_, c, src, offset)| {
-                    let Ok(h) = File::open(src) else {
-                        return Ok((false, false));
-                    };
-                    if file.clone_range(&h, *offset, u64::from(c.len), c.offset, &can_clone) {
-                        // A range that cannot be read back is fetched (and
-                        // written) like one that does not match.
-                        let ok = file
-                            .read_back_hash(c.offset, c.len as usize)
-                            .is_ok_and(|h| h == c.hash);
-                        return Ok((ok, true));
-                    }
-                    with_aligned(&READ_BUF, c.len as usize, |buf| {
-                        let ok = h.read_exact_at(buf, *offset).is_ok() && chunk_hash(buf) == c.hash;
-                        if ok {
-                            file.write_at(buf, c.offset)?;
-                        }
-                        Ok((ok, false))
-                    })
-                })
-                .collect()
-        };
-        for ((idx, c, _, _), r) in copies.iter().zip(outcomes) {
-            let (ok, cloned) = r.map_err(|e| format!("write {}: {e}", dst.display()))?;
-            if cloned {
-                // A clone whose bytes did not verify left foreign bytes in
-                // the range; the fetched chunk overwrites them.
-                wrote = true;
-            }
-            if ok {
-                wrote = true;
-                rep.chunks_copied += 1;
-                rep.bytes_copied += u64::from(c.len);
-                if cloned {
-                    rep.bytes_cloned += u64::from(c.len);
-                }
-                copied.push(*idx);
-            } else {
-                rep.copy_mismatches += 1;
-                need.push(*idx);
-            }
-        }
+        // Zeros written over a reused file's bytes: durable before they are
+        // recorded as done below.
         if wrote {
             file.sync_data()?;
+        }
+        if !copies.is_empty() {
+            to_copy.push(FileCopies { dst, copies });
         }
     }
     if in_place.is_some() {
@@ -803,8 +886,7 @@ pub fn execute_local(
             .map_err(|e| format!("fsync {}: {e}", d.display()))?;
     }
     staging.commit_with(&newly_done, &trusted)?;
-    staging.commit_written(&copied)?;
-    Ok((need, rep))
+    Ok((need, rep, LocalCopies { files: to_copy }))
 }
 
 /// Per-chunk verdicts for the scheduler.

@@ -1105,6 +1105,13 @@ fn a_seed_that_changed_behind_its_manifest_is_refetched_not_stuck() {
     let sum = summary(&o, d.path(), "f");
     let log = std::fs::read_to_string(d.path().join("f.log")).unwrap();
     assert!(sum["local"]["files_linked"].as_u64().unwrap() > 0, "{sum}");
+    // Chunk copies from the changed files do not match either: added to the
+    // fetch while it runs (the local copies overlap with it).
+    assert!(
+        sum["local"]["copy_mismatches"].as_u64().unwrap() > 0,
+        "{sum}"
+    );
+    assert!(log.contains("did not match their source"), "{log}");
     assert!(log.contains("final check:"), "{log}");
     assert!(
         sum["local"]["bytes_refetched"].as_u64().unwrap() > 0,
@@ -1117,6 +1124,60 @@ fn a_seed_that_changed_behind_its_manifest_is_refetched_not_stuck() {
         let b = std::fs::read(e).unwrap();
         assert_eq!(&b[100..108], b"changed!", "{}", e.display());
     }
+}
+
+#[test]
+fn a_local_copy_that_does_not_match_is_fetched_while_the_sync_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let (server, old, root) =
+        two_versions(d.path(), &d.path().join("old-store"), "12", "32MiB", 51);
+    let v2 = server.join("checkpoints/00000000000000000002/state");
+    // The seed is the old state, except that in every file the new version
+    // changed, one chunk both versions share is spoiled: the plan copies it
+    // from the seed, the copy does not verify, and it must be fetched.
+    let seed = d.path().join("seed");
+    copy_tree(&old.join("state"), &seed);
+    let chunk = 1usize << 20;
+    let mut spoiled = 0;
+    for e in walk(&seed) {
+        let new = std::fs::read(v2.join(e.strip_prefix(&seed).unwrap())).unwrap();
+        let before = std::fs::read(&e).unwrap();
+        if new == before {
+            continue;
+        }
+        let shared = (0..before.len().div_ceil(chunk)).find(|k| {
+            let r = k * chunk..((k + 1) * chunk).min(before.len());
+            r.end <= new.len() && before[r.clone()] == new[r]
+        });
+        if let Some(k) = shared {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&e).unwrap().permissions().mode();
+            std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, b"spoiled!", (k * chunk) as u64).unwrap();
+            std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode)).unwrap();
+            spoiled += 1;
+        }
+    }
+    assert!(
+        spoiled > 0,
+        "no changed file shares a chunk with its old version"
+    );
+    let (_srv, addr) = serve(d.path(), "srv", &server, &[]);
+    let seed_arg = format!("{}={}", s(&seed), s(&old.join("manifest")));
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&addr], &["--seed", &seed_arg]);
+    let sum = summary(&o, d.path(), "f");
+    let log = std::fs::read_to_string(d.path().join("f.log")).unwrap();
+    assert!(
+        sum["local"]["copy_mismatches"].as_u64().unwrap() >= spoiled,
+        "{sum}"
+    );
+    assert!(sum["local"]["chunks_copied"].as_u64().unwrap() > 0, "{sum}");
+    // Fetched during the sync, not by a repair after a failed final check.
+    assert!(!log.contains("final check:"), "{log}");
+    assert_eq!(sum["local"]["bytes_refetched"], 0, "{sum}");
+    verify(&out, &root);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
