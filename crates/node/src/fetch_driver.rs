@@ -66,6 +66,10 @@ pub struct FetchDriver {
     finishing: bool,
     /// Local chunk copies still running (the fetch cannot finish before).
     local_pending: bool,
+    /// Set to end the local copies early (the sync is stopped or replaced);
+    /// the task running them.
+    local_cancel: Arc<std::sync::atomic::AtomicBool>,
+    local_task: Option<tokio::task::JoinHandle<()>>,
     /// Times the final check sent chunks back to be fetched (at most once).
     repairs: u32,
     /// Progress of the fetch before such a repair reset it.
@@ -164,6 +168,8 @@ impl FetchDriver {
             received: 0,
             finishing: false,
             local_pending: false,
+            local_cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            local_task: None,
             repairs: 0,
             bytes_before_repair: 0,
             chunks_before_repair: 0,
@@ -289,7 +295,8 @@ impl FetchDriver {
         let tx = self.tx.clone();
         let generation = self.generation;
         let (m2, st2) = (m.clone(), st.clone());
-        tokio::task::spawn_blocking(move || {
+        let cancel = self.local_cancel.clone();
+        self.local_task = Some(tokio::task::spawn_blocking(move || {
             let others = session::other_stagings(&data, &st2.root);
             let mut sources: Vec<LocalSource<'_>> = seeds
                 .iter()
@@ -317,10 +324,10 @@ impl FetchDriver {
                     // the local copies run.
                     let size = (copies.chunks(), copies.bytes());
                     send(FetchMsg::Planned(Ok((need, rep, size))));
-                    send(FetchMsg::LocalCopied(copies.run(&st2)));
+                    send(FetchMsg::LocalCopied(copies.run(&st2, &cancel)));
                 }
             }
-        });
+        }));
         self.local_pending = true;
         // The writer for fetched chunks.
         let (wtx, wrx) = std::sync::mpsc::channel::<WriteJob>();
@@ -469,7 +476,7 @@ impl FetchDriver {
                 }
             }
             FetchMsg::LocalCopied(r) => {
-                let (bad, rep) = r?;
+                let (bad, rep) = r.map_err(|e| format!("local failure (no peer at fault): {e}"))?;
                 if rep.chunks_copied > 0 || !bad.is_empty() {
                     self.log(format!(
                         "local copies done: {} chunks ({}{}){}",
@@ -627,6 +634,16 @@ impl FetchDriver {
     pub fn stop(&mut self) {
         if let Some(pb) = &self.bar {
             pb.finish_and_clear();
+        }
+        // Local copies end between chunks; their staging area (and its
+        // lock) is free for the next sync once they have.
+        self.local_cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.local_task.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         if let Some(w) = self.writer_tx.take() {
             let _ = w.send(WriteJob::Flush);

@@ -604,13 +604,33 @@ impl LocalCopies {
     /// Copies (or clones) every chunk after verifying it, makes them durable
     /// and records them as done. Returns the chunks whose source did not
     /// match (to fetch from peers) and what was copied.
-    pub fn run(self, staging: &Staging) -> Result<(Vec<u64>, LocalReport)> {
+    ///
+    /// The copies run on a thread pool of their own: on rayon's global pool
+    /// they would hold up the writer's verification of fetched chunks (a
+    /// pool finishes its own work before it takes outside jobs), and the
+    /// delay would count against the peers' request timeouts. `cancel`
+    /// (a replaced or stopped sync) ends the run between chunks; a chunk
+    /// not copied is neither recorded nor reported.
+    pub fn run(
+        self,
+        staging: &Staging,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<(Vec<u64>, LocalReport)> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("local-copy-{i}"))
+            .build()
+            .map_err(|e| format!("start the local copy threads: {e}"))?;
         let mut rep = LocalReport::default();
         let mut mismatched = Vec::new();
         // Cleared once the staging filesystem refuses to clone.
         let can_clone = std::sync::atomic::AtomicBool::new(true);
         for fc in self.files {
-            let (done, bad) = fc.run(&can_clone, &mut rep)?;
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let (done, bad) = pool.install(|| fc.run(&can_clone, cancel, &mut rep))?;
             mismatched.extend(bad);
             // Recorded file by file: after a crash only the file being
             // copied is copied again.
@@ -624,6 +644,7 @@ impl FileCopies {
     fn run(
         &self,
         can_clone: &std::sync::atomic::AtomicBool,
+        cancel: &std::sync::atomic::AtomicBool,
         rep: &mut LocalReport,
     ) -> Result<(Vec<u64>, Vec<u64>)> {
         let file =
@@ -634,13 +655,17 @@ impl FileCopies {
         // Where the filesystem shares extents (XFS, btrfs) a chunk is cloned
         // instead, then verified by reading it back from the device: no
         // bytes written, no space used twice.
-        let outcomes: Vec<std::io::Result<(bool, bool)>> = {
+        // Per chunk: None if cancelled, else (verified, cloned).
+        let outcomes: Vec<std::io::Result<Option<(bool, bool)>>> = {
             use rayon::prelude::*;
             self.copies
                 .par_iter()
                 .map(|(_, c, src, offset)| {
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(None);
+                    }
                     let Ok(h) = File::open(src) else {
-                        return Ok((false, false));
+                        return Ok(Some((false, false)));
                     };
                     if file.clone_range(&h, *offset, u64::from(c.len), c.offset, can_clone) {
                         // A range that cannot be read back is fetched (and
@@ -648,14 +673,14 @@ impl FileCopies {
                         let ok = file
                             .read_back_hash(c.offset, c.len as usize)
                             .is_ok_and(|h| h == c.hash);
-                        return Ok((ok, true));
+                        return Ok(Some((ok, true)));
                     }
                     with_aligned(&READ_BUF, c.len as usize, |buf| {
                         let ok = h.read_exact_at(buf, *offset).is_ok() && chunk_hash(buf) == c.hash;
                         if ok {
                             file.write_at(buf, c.offset)?;
                         }
-                        Ok((ok, false))
+                        Ok(Some((ok, false)))
                     })
                 })
                 .collect()
@@ -663,7 +688,10 @@ impl FileCopies {
         let mut wrote = false;
         let (mut copied, mut bad) = (Vec::new(), Vec::new());
         for ((idx, c, _, _), r) in self.copies.iter().zip(outcomes) {
-            let (ok, cloned) = r.map_err(|e| format!("write {}: {e}", self.dst.display()))?;
+            let Some((ok, cloned)) = r.map_err(|e| format!("write {}: {e}", self.dst.display()))?
+            else {
+                continue;
+            };
             if cloned {
                 // A clone whose bytes did not verify left foreign bytes in
                 // the range; the fetched chunk overwrites them.
