@@ -279,7 +279,11 @@ pub async fn run(
                     fetch = None;
                     c.on_fetch_failed(e.to_string());
                 }
-                None => return Err(e),
+                None => {
+                    // What is written becomes durable: a retry resumes it.
+                    f.stop();
+                    return Err(e);
+                }
             }
         }
         // 2. Peer manager actions (dials, discovery, trimming).
@@ -510,7 +514,10 @@ pub async fn run(
                                 fetch = None;
                                 c.on_fetch_failed(e.to_string());
                             }
-                            (Err(e), None) => return Err(e),
+                            (Err(e), None) => {
+                                f.stop();
+                                return Err(e);
+                            }
                         }
                     }
                 }
