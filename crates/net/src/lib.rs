@@ -171,32 +171,27 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
     let idle = cfg.idle_connection_timeout;
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     // The same swarm either way; only the order in which the dialer proposes
-    // the two security protocols differs (the listener accepts both).
+    // the two security protocols differs (the listener accepts both). The
+    // two orders are two types, hence one builder chain in a macro.
+    macro_rules! with_security {
+        ($first:expr, $second:expr) => {
+            builder
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    ($first, $second),
+                    move || yamux_cfg.clone(),
+                )
+                .map_err(|e| b(&e))?
+                .with_quic()
+                .with_behaviour(behaviour)
+                .map_err(|e| b(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        };
+    }
     let swarm = match cfg.security {
-        Security::Tls => builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                (tls::Config::new, noise::Config::new),
-                move || yamux_cfg.clone(),
-            )
-            .map_err(|e| b(&e))?
-            .with_quic()
-            .with_behaviour(behaviour)
-            .map_err(|e| b(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
-        Security::Noise => builder
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                (noise::Config::new, tls::Config::new),
-                move || yamux_cfg.clone(),
-            )
-            .map_err(|e| b(&e))?
-            .with_quic()
-            .with_behaviour(behaviour)
-            .map_err(|e| b(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build(),
+        Security::Tls => with_security!(tls::Config::new, noise::Config::new),
+        Security::Noise => with_security!(noise::Config::new, tls::Config::new),
     };
     Ok(swarm)
 }
