@@ -9,10 +9,10 @@ use libp2p::identity::{Keypair, PeerId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::tcp::tokio::TcpStream;
 use libp2p::{Multiaddr, noise, ping, tcp, yamux};
+use rustls::CipherSuite;
 use rustls::crypto::ring::cipher_suite::{
     TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256,
 };
-use rustls::{CipherSuite, SupportedCipherSuite};
 use statesync_net::tls::{self, TlsStream};
 use std::time::Duration;
 
@@ -52,10 +52,6 @@ where
         server.upgrade_inbound(s, "/tls/1.0.0")
     );
     (a.map_err(|e| e.to_string()), b.map_err(|e| e.to_string()))
-}
-
-fn name(s: SupportedCipherSuite) -> CipherSuite {
-    s.suite()
 }
 
 #[test]
@@ -99,8 +95,8 @@ async fn two_statesync_nodes_use_the_cheapest_cipher_of_this_cpu() {
     } else {
         TLS13_CHACHA20_POLY1305_SHA256
     };
-    assert_eq!(suite(&a.1), name(want));
-    assert_eq!(suite(&b.1), name(want));
+    assert_eq!(suite(&a.1), want.suite());
+    assert_eq!(suite(&b.1), want.suite());
     eprintln!(
         "AES in hardware: {}; negotiated {:?}",
         tls::aes_in_hardware(),
@@ -121,7 +117,7 @@ async fn stock_libp2p_tls_peers_interoperate_both_ways() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.0, ours.public().to_peer_id());
     assert_eq!(b.0, stock.public().to_peer_id());
-    assert_eq!(suite(&b.1), name(TLS13_CHACHA20_POLY1305_SHA256));
+    assert_eq!(suite(&b.1), TLS13_CHACHA20_POLY1305_SHA256.suite());
 
     // Our client against a stock server gets its own preference.
     let (a, b) = handshake(
@@ -132,12 +128,12 @@ async fn stock_libp2p_tls_peers_interoperate_both_ways() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.0, stock.public().to_peer_id());
     assert_eq!(b.0, ours.public().to_peer_id());
-    assert_eq!(suite(&a.1), name(tls::preferred_suites()[0]));
+    assert_eq!(suite(&a.1), tls::preferred_suites()[0].suite());
 
     // And a client limited to one suite gets exactly that one.
     let only_aes = tls::Config::with_suites(&ours, &[TLS13_AES_128_GCM_SHA256]).unwrap();
     let (a, _) = handshake(only_aes, libp2p::tls::Config::new(&stock).unwrap()).await;
-    assert_eq!(suite(&a.unwrap().1), name(TLS13_AES_128_GCM_SHA256));
+    assert_eq!(suite(&a.unwrap().1), TLS13_AES_128_GCM_SHA256.suite());
 }
 
 /// Our client against a rustls server presenting `cert` while signing the

@@ -568,6 +568,14 @@ impl LocalReport {
             + self.bytes_kept)
             .saturating_sub(self.bytes_refetched)
     }
+
+    /// Adds what [`LocalCopies::run`] did.
+    pub fn add_copies(&mut self, c: &LocalReport) {
+        self.chunks_copied += c.chunks_copied;
+        self.bytes_copied += c.bytes_copied;
+        self.bytes_cloned += c.bytes_cloned;
+        self.copy_mismatches += c.copy_mismatches;
+    }
 }
 
 /// The local chunk copies a plan calls for, prepared by [`prepare_local`]
@@ -616,6 +624,9 @@ impl LocalCopies {
         staging: &Staging,
         cancel: &std::sync::atomic::AtomicBool,
     ) -> Result<(Vec<u64>, LocalReport)> {
+        if self.files.is_empty() {
+            return Ok((Vec::new(), LocalReport::default()));
+        }
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -715,16 +726,6 @@ impl FileCopies {
                 .map_err(|e| format!("fsync {}: {e}", self.dst.display()))?;
         }
         Ok((copied, bad))
-    }
-}
-
-impl LocalReport {
-    /// Adds what [`LocalCopies::run`] did.
-    pub fn add_copies(&mut self, c: &LocalReport) {
-        self.chunks_copied += c.chunks_copied;
-        self.bytes_copied += c.bytes_copied;
-        self.bytes_cloned += c.bytes_cloned;
-        self.copy_mismatches += c.copy_mismatches;
     }
 }
 

@@ -1090,12 +1090,7 @@ fn a_seed_that_changed_behind_its_manifest_is_refetched_not_stuck() {
     copy_tree(&old.join("state"), &seed);
     let mut seeds = Vec::new();
     for e in walk(&seed) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&e).unwrap().permissions().mode();
-        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, b"changed!", 100).unwrap();
-        std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode)).unwrap();
+        write_keeping_read_only(&e, b"changed!", 100);
         seeds.push(e);
     }
     let (_srv, addr) = serve(d.path(), "srv", &server, &[]);
@@ -1150,12 +1145,7 @@ fn a_local_copy_that_does_not_match_is_fetched_while_the_sync_runs() {
             r.end <= new.len() && before[r.clone()] == new[r]
         });
         if let Some(k) = shared {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&e).unwrap().permissions().mode();
-            std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
-            let f = std::fs::OpenOptions::new().write(true).open(&e).unwrap();
-            std::os::unix::fs::FileExt::write_all_at(&f, b"spoiled!", (k * chunk) as u64).unwrap();
-            std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode)).unwrap();
+            write_keeping_read_only(&e, b"spoiled!", (k * chunk) as u64);
             spoiled += 1;
         }
     }
@@ -1178,6 +1168,18 @@ fn a_local_copy_that_does_not_match_is_fetched_while_the_sync_runs() {
     assert!(!log.contains("final check:"), "{log}");
     assert_eq!(sum["local"]["bytes_refetched"], 0, "{sum}");
     verify(&out, &root);
+}
+
+/// Writes `bytes` at `offset` into a (read-only) checkpoint file and puts
+/// its mode back: the file changes behind its manifest, still looking
+/// immutable.
+fn write_keeping_read_only(path: &Path, bytes: &[u8], offset: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, bytes, offset).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
