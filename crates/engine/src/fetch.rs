@@ -26,8 +26,23 @@
 //! - `NotFound` drops the peer for this root (it does not have it, or no
 //!   longer does): no penalty beyond that.
 //! - `Busy` backs the peer off for the time it asked, halving its window.
-//! - A timeout shrinks the peer's window; three in a row drop it for a
-//!   cool-off period that doubles each time.
+//! - A timeout, a transport failure (a stream reset, an answer cut short, a
+//!   closed connection) or a `Refused` answer is a strike: the peer's window
+//!   halves and, until it delivers data again, it is on probation (one
+//!   request at a time, ranked after peers without strikes, no endgame
+//!   duplicates). [`Config::max_strikes`] strikes cool it off for
+//!   [`Config::cool_off`], doubled with every further cool-off up to
+//!   [`Config::max_cool_off`]; it comes back on probation, so one more
+//!   failure cools it off again. Only delivered data forgives strikes (and
+//!   one cool-off each time). The record outlives a disconnect, so
+//!   reconnecting clears nothing.
+//! - Small requests (header, manifest pieces) still unanswered after
+//!   [`Config::hedge_after`] are also sent to another peer; the first
+//!   valid answer wins. A staller delays the manifest by that much, not by
+//!   its timeout.
+//! - Equal peers are ranked by a per-node pseudo-random order of their ids
+//!   (seeded), never by the ids themselves: anyone can generate ids until
+//!   one sorts first.
 //! - Local failures are the shell's and never reach a peer's record.
 
 use statesync_manifest::format::{
@@ -58,9 +73,16 @@ pub struct Config {
     pub max_timeout: Duration,
     /// Rate assumed for a peer before it has been measured (bytes/s).
     pub assumed_rate: f64,
-    /// Consecutive timeouts before a peer is dropped for a cool-off.
-    pub max_timeouts_in_row: u32,
+    /// Strikes (timeouts, transport failures, refusals) before a peer is
+    /// cooled off.
+    pub max_strikes: u32,
+    /// First cool-off; doubled for each further one.
     pub cool_off: Duration,
+    /// Longest cool-off.
+    pub max_cool_off: Duration,
+    /// A header or manifest piece unanswered this long is also asked of
+    /// another peer.
+    pub hedge_after: Duration,
     /// Copies of one chunk in flight at most during the endgame.
     pub endgame_copies: u8,
     /// Consecutive chunks kept together in the per-node random order (server
@@ -80,8 +102,10 @@ impl Default for Config {
             base_timeout: Duration::from_secs(5),
             max_timeout: Duration::from_secs(60),
             assumed_rate: 4.0 * 1024.0 * 1024.0,
-            max_timeouts_in_row: 3,
+            max_strikes: 3,
             cool_off: Duration::from_secs(5),
+            max_cool_off: Duration::from_secs(300),
+            hedge_after: Duration::from_secs(1),
             endgame_copies: 2,
             order_run: 16,
         }
@@ -116,8 +140,11 @@ pub enum Failure {
         retry_after: Duration,
     },
     NotFound,
-    /// Transport failure (stream reset, connection closed, undecodable).
+    /// Transport failure: the stream was reset or closed before a whole
+    /// answer arrived, the connection dropped, the transport timed out.
     Io,
+    /// The peer refused to answer.
+    Refused,
     /// The peer sent something that is not a valid answer to the request.
     Malformed(String),
 }
@@ -135,6 +162,14 @@ pub struct PeerStats {
     pub chunks_ok: u64,
     pub timeouts: u64,
     pub busy: u64,
+    /// Transport failures and refusals.
+    pub failures: u64,
+    /// Requests sent to this peer.
+    pub requests: u64,
+    /// Strikes not yet forgiven by delivered data.
+    pub strikes: u32,
+    /// Times it was cooled off.
+    pub cool_offs: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,9 +186,22 @@ pub enum PeerState {
 #[derive(Clone, Debug)]
 struct Peer {
     stats: PeerStats,
-    timeouts_in_row: u32,
-    cool_offs: u32,
+    /// Rank among otherwise equal peers (per node, not the id's order).
+    tiebreak: u64,
 }
+
+impl Peer {
+    fn on_probation(&self) -> bool {
+        self.stats.strikes > 0
+    }
+}
+
+/// Misbehaviour records of peers that went away are kept (so reconnecting
+/// clears nothing), up to this many.
+const MAX_REMEMBERED: usize = 4096;
+
+/// Requests for the same header or manifest piece in flight at most.
+const MAX_SMALL_COPIES: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
@@ -171,6 +219,9 @@ struct Inflight<P> {
     sent: Instant,
     deadline: Instant,
     bytes: u64,
+    /// A small request that already made another peer be asked too (that
+    /// request may in turn hedge, up to [`MAX_SMALL_COPIES`] in flight).
+    hedged: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,7 +258,8 @@ pub struct Fetch<P> {
     chunk_pieces: BTreeMap<u64, Vec<ChunkEntry>>,
     /// Pieces not yet received: (is_file, index).
     pieces_wanted: VecDeque<(bool, u64)>,
-    pieces_inflight: HashSet<(bool, u64)>,
+    /// Requests in flight per piece (more than one when hedged).
+    pieces_inflight: HashMap<(bool, u64), u8>,
     manifest: Option<Manifest>,
     chunks: Vec<Chunk>,
     /// Chunk lengths (from the manifest).
@@ -221,7 +273,10 @@ pub struct Fetch<P> {
     next_id: u64,
     actions: VecDeque<Action<P>>,
     progress: Progress,
-    header_inflight: bool,
+    /// Header requests in flight (more than one when hedged).
+    header_inflight: u8,
+    /// Strikes and cool-offs of peers that disconnected.
+    remembered: HashMap<P, (u32, u32)>,
 }
 
 const ALPHA: f64 = 0.3;
@@ -237,7 +292,7 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             file_pieces: BTreeMap::new(),
             chunk_pieces: BTreeMap::new(),
             pieces_wanted: VecDeque::new(),
-            pieces_inflight: HashSet::new(),
+            pieces_inflight: HashMap::new(),
             manifest: None,
             chunks: Vec::new(),
             lens: Vec::new(),
@@ -248,7 +303,8 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             next_id: 1,
             actions: VecDeque::new(),
             progress: Progress::default(),
-            header_inflight: false,
+            header_inflight: 0,
+            remembered: HashMap::new(),
         }
     }
 
@@ -290,22 +346,44 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     }
 
     pub fn add_peer(&mut self, peer: P, now: Instant) {
-        self.peers.entry(peer).or_insert_with(|| Peer {
-            stats: PeerStats {
-                state: PeerState::Active,
-                window: self.cfg.initial_window,
-                inflight_bytes: 0,
-                inflight_requests: 0,
-                rate: None,
-                bytes_received: 0,
-                chunks_ok: 0,
-                timeouts: 0,
-                busy: 0,
-            },
-            timeouts_in_row: 0,
-            cool_offs: 0,
-        });
+        if !self.peers.contains_key(&peer) {
+            let (strikes, cool_offs) = self.remembered.remove(&peer).unwrap_or((0, 0));
+            let tiebreak = self.tiebreak(&peer);
+            self.peers.insert(
+                peer,
+                Peer {
+                    stats: PeerStats {
+                        state: PeerState::Active,
+                        window: self.cfg.initial_window,
+                        inflight_bytes: 0,
+                        inflight_requests: 0,
+                        rate: None,
+                        bytes_received: 0,
+                        chunks_ok: 0,
+                        timeouts: 0,
+                        busy: 0,
+                        failures: 0,
+                        requests: 0,
+                        strikes,
+                        cool_offs,
+                    },
+                    tiebreak,
+                },
+            );
+        }
         self.schedule(now);
+    }
+
+    /// A per-node pseudo-random rank for `peer` (splitmix64 of the seed and
+    /// the peer's hash).
+    fn tiebreak(&self, peer: &P) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        peer.hash(&mut h);
+        let mut z = h.finish() ^ self.seed.rotate_left(29) ^ 0x7469_6562_7265_616b;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// The peer disconnected: its requests go back to the queue (no penalty).
@@ -317,8 +395,12 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             .peers
             .get(peer)
             .is_some_and(|p| matches!(p.stats.state, PeerState::Active | PeerState::Waiting(_)))
+            && let Some(p) = self.peers.remove(peer)
+            && (p.stats.strikes > 0 || p.stats.cool_offs > 0)
+            && self.remembered.len() < MAX_REMEMBERED
         {
-            self.peers.remove(peer);
+            self.remembered
+                .insert(peer.clone(), (p.stats.strikes, p.stats.cool_offs));
         }
         self.schedule(now);
     }
@@ -327,9 +409,17 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.actions.pop_front()
     }
 
-    /// The earliest deadline: a request timeout or the end of a back-off.
+    /// The earliest deadline: a request timeout, a small request to hedge,
+    /// or the end of a back-off.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let req = self.inflight.values().map(|r| r.deadline).min();
+        let req = self
+            .inflight
+            .values()
+            .map(|r| match self.hedge_at(r) {
+                Some(h) => h.min(r.deadline),
+                None => r.deadline,
+            })
+            .min();
         let wait = self
             .peers
             .values()
@@ -353,30 +443,100 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             .collect();
         for id in expired {
             if let Some(r) = self.release(id) {
-                let cfg_min = self.cfg.min_window;
-                let max_in_row = self.cfg.max_timeouts_in_row;
-                let cool = self.cfg.cool_off;
                 if let Some(p) = self.peers.get_mut(&r.peer) {
                     p.stats.timeouts += 1;
-                    p.timeouts_in_row += 1;
-                    p.stats.window = (p.stats.window / 2).max(cfg_min);
-                    if p.timeouts_in_row >= max_in_row && p.stats.state == PeerState::Active {
-                        p.cool_offs += 1;
-                        let d = cool * 2u32.saturating_pow(p.cool_offs.min(10) - 1);
-                        p.stats.state = PeerState::Waiting(now + d);
-                    }
                 }
+                self.strike(&r.peer, now);
             }
+        }
+        // Small requests waiting too long: ask another peer as well.
+        let hedge: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| self.hedge_at(r).is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in hedge {
+            self.hedge(id, now);
         }
         for p in self.peers.values_mut() {
             if let PeerState::Waiting(t) = p.stats.state
                 && t <= now
             {
+                // Back on probation: strikes are kept, so one more failure
+                // cools it off again (for longer).
                 p.stats.state = PeerState::Active;
-                p.timeouts_in_row = 0;
             }
         }
         self.schedule(now);
+    }
+
+    /// When a small request should be hedged, if it is one that may be.
+    fn hedge_at(&self, r: &Inflight<P>) -> Option<Instant> {
+        let small = matches!(r.ask, Ask::Header | Ask::FilePiece(_) | Ask::ChunkPiece(_));
+        (small && !r.hedged).then(|| r.sent + self.cfg.hedge_after)
+    }
+
+    /// Sends request `id`'s ask to the best other peer that can take it.
+    fn hedge(&mut self, id: u64, now: Instant) {
+        let Some(r) = self.inflight.get_mut(&id) else {
+            return;
+        };
+        r.hedged = true;
+        let (from, ask, bytes) = (r.peer.clone(), r.ask.clone(), r.bytes);
+        let asked: HashSet<P> = self
+            .inflight
+            .values()
+            .filter(|x| x.ask == ask)
+            .map(|x| x.peer.clone())
+            .collect();
+        let Some(peer) = self
+            .ranked_peers()
+            .into_iter()
+            .find(|p| *p != from && !asked.contains(p) && self.piece_slots(p) > 0)
+        else {
+            return;
+        };
+        let count = match &ask {
+            Ask::Header => &mut self.header_inflight,
+            Ask::FilePiece(j) => self.pieces_inflight.entry((true, *j)).or_default(),
+            Ask::ChunkPiece(j) => self.pieces_inflight.entry((false, *j)).or_default(),
+            Ask::Chunks(_) => return,
+        };
+        if *count >= MAX_SMALL_COPIES {
+            return;
+        }
+        *count += 1;
+        self.send(peer, ask, bytes, now);
+    }
+
+    /// Small requests `peer` may take now (two at a time, one on probation).
+    fn piece_slots(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, |x| {
+            let max = if x.on_probation() { 1 } else { 2 };
+            max - x.stats.inflight_requests.min(max)
+        })
+    }
+
+    /// A timeout, transport failure or refusal by `peer`: halve its window;
+    /// cool it off at [`Config::max_strikes`].
+    fn strike(&mut self, peer: &P, now: Instant) {
+        let cfg = &self.cfg;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        p.stats.strikes += 1;
+        p.stats.window = (p.stats.window / 2).max(cfg.min_window);
+        if p.stats.strikes >= cfg.max_strikes && p.stats.state == PeerState::Active {
+            p.stats.cool_offs += 1;
+            let d = cfg
+                .cool_off
+                .saturating_mul(1u32 << (p.stats.cool_offs - 1).min(16))
+                .min(cfg.max_cool_off);
+            p.stats.state = PeerState::Waiting(now + d);
+            // What it still holds is unlikely to come: ask elsewhere now.
+            self.cancel_peer(peer);
+        }
     }
 
     /// A request failed without data.
@@ -401,11 +561,11 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
                 }
                 self.cancel_peer(&r.peer);
             }
-            Failure::Io => {
+            Failure::Io | Failure::Refused => {
                 if let Some(p) = self.peers.get_mut(&r.peer) {
-                    p.timeouts_in_row += 1;
-                    p.stats.window = (p.stats.window / 2).max(min_window);
+                    p.stats.failures += 1;
                 }
+                self.strike(&r.peer, now);
             }
             Failure::Malformed(why) => self.ban(&r.peer, format!("malformed response: {why}")),
         }
@@ -709,19 +869,9 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             p.stats.inflight_requests = p.stats.inflight_requests.saturating_sub(1);
         }
         match &r.ask {
-            Ask::Header => self.header_inflight = false,
-            Ask::FilePiece(j) => {
-                self.pieces_inflight.remove(&(true, *j));
-                if !self.file_pieces.contains_key(j) && self.phase == Phase::Manifest {
-                    self.pieces_wanted.push_front((true, *j));
-                }
-            }
-            Ask::ChunkPiece(j) => {
-                self.pieces_inflight.remove(&(false, *j));
-                if !self.chunk_pieces.contains_key(j) && self.phase == Phase::Manifest {
-                    self.pieces_wanted.push_front((false, *j));
-                }
-            }
+            Ask::Header => self.header_inflight = self.header_inflight.saturating_sub(1),
+            Ask::FilePiece(j) => self.release_piece(true, *j),
+            Ask::ChunkPiece(j) => self.release_piece(false, *j),
             Ask::Chunks(list) => {
                 for &i in list {
                     if let Some(h) = self.holders.get_mut(&i) {
@@ -742,6 +892,34 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             }
         }
         Some(r)
+    }
+
+    /// One request for a piece ended; when none is left and the piece is
+    /// not (about to be) stored, it goes back to the front of the queue.
+    /// The scheduler skips queued pieces that arrived meanwhile.
+    fn release_piece(&mut self, is_file: bool, j: u64) {
+        let key = (is_file, j);
+        let left = match self.pieces_inflight.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                *n
+            }
+            _ => {
+                self.pieces_inflight.remove(&key);
+                0
+            }
+        };
+        if left == 0 && self.phase == Phase::Manifest && !self.pieces_wanted.contains(&key) {
+            self.pieces_wanted.push_front(key);
+        }
+    }
+
+    fn have_piece(&self, (is_file, j): (bool, u64)) -> bool {
+        if is_file {
+            self.file_pieces.contains_key(&j)
+        } else {
+            self.chunk_pieces.contains_key(&j)
+        }
     }
 
     fn cancel_peer(&mut self, peer: &P) {
@@ -774,7 +952,9 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     fn credit(&mut self, r: &Inflight<P>, bytes: u64, now: Instant) {
         let max_window = self.cfg.max_window;
         if let Some(p) = self.peers.get_mut(&r.peer) {
-            p.timeouts_in_row = 0;
+            // Delivered data forgives strikes, and one cool-off.
+            p.stats.strikes = 0;
+            p.stats.cool_offs = p.stats.cool_offs.saturating_sub(1);
             p.stats.bytes_received += bytes;
             let secs = now
                 .saturating_duration_since(r.sent)
@@ -806,16 +986,15 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         t.min(self.cfg.max_timeout)
     }
 
-    fn send(&mut self, peer: P, ask: Ask, bytes: u64, now: Instant) {
+    fn send(&mut self, peer: P, ask: Ask, bytes: u64, now: Instant) -> Option<u64> {
         let id = self.next_id;
         self.next_id += 1;
-        let Some(p) = self.peers.get(&peer) else {
-            return;
-        };
+        let p = self.peers.get(&peer)?;
         let deadline = now + self.timeout_for(p, bytes);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.inflight_bytes += bytes;
             p.stats.inflight_requests += 1;
+            p.stats.requests += 1;
         }
         self.progress.requests_sent += 1;
         self.inflight.insert(
@@ -826,45 +1005,64 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
                 sent: now,
                 deadline,
                 bytes,
+                hedged: false,
             },
         );
         self.actions.push_back(Action::Send { peer, id, ask });
+        Some(id)
     }
 
-    /// Active peers, fastest first (unmeasured ones in the middle).
+    /// Active peers: those without strikes first, then fastest first
+    /// (unmeasured ones in the middle), then in this node's own order.
     fn ranked_peers(&self) -> Vec<P> {
-        let mut v: Vec<(&P, f64)> = self
+        let mut v: Vec<(&P, u32, f64, u64)> = self
             .peers
             .iter()
             .filter(|(_, p)| p.stats.state == PeerState::Active)
-            .map(|(k, p)| (k, p.stats.rate.unwrap_or(self.cfg.assumed_rate)))
+            .map(|(k, p)| {
+                let rate = p.stats.rate.unwrap_or(self.cfg.assumed_rate);
+                (k, p.stats.strikes, rate, p.tiebreak)
+            })
             .collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        v.into_iter().map(|(k, _)| k.clone()).collect()
+        v.sort_by(|a, b| {
+            a.1.cmp(&b.1)
+                .then_with(|| b.2.total_cmp(&a.2))
+                .then_with(|| a.3.cmp(&b.3))
+                .then_with(|| a.0.cmp(b.0))
+        });
+        v.into_iter().map(|(k, ..)| k.clone()).collect()
     }
 
     fn schedule(&mut self, now: Instant) {
         match self.phase {
             Phase::Header => {
-                if self.header_inflight {
+                if self.header_inflight > 0 {
                     return;
                 }
-                if let Some(peer) = self.ranked_peers().into_iter().next() {
-                    self.header_inflight = true;
+                if let Some(peer) = self
+                    .ranked_peers()
+                    .into_iter()
+                    .find(|p| self.piece_slots(p) > 0)
+                {
+                    self.header_inflight += 1;
                     self.send(peer, Ask::Header, 128, now);
                 }
             }
             Phase::Manifest => {
                 // Pieces spread over peers, a few at a time each.
                 while let Some(&(is_file, j)) = self.pieces_wanted.front() {
+                    if self.have_piece((is_file, j))
+                        || self.pieces_inflight.contains_key(&(is_file, j))
+                    {
+                        self.pieces_wanted.pop_front();
+                        continue;
+                    }
+                    // Ranked order, the least loaded first (a stable
+                    // minimum keeps the ranking among equals).
                     let peer = self
                         .ranked_peers()
                         .into_iter()
-                        .filter(|p| {
-                            self.peers
-                                .get(p)
-                                .is_some_and(|x| x.stats.inflight_requests < 2)
-                        })
+                        .filter(|p| self.piece_slots(p) > 0)
                         .min_by_key(|p| {
                             self.peers
                                 .get(p)
@@ -873,7 +1071,7 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
                         });
                     let Some(peer) = peer else { break };
                     self.pieces_wanted.pop_front();
-                    self.pieces_inflight.insert((is_file, j));
+                    self.pieces_inflight.insert((is_file, j), 1);
                     let (ask, bytes) = if is_file {
                         (Ask::FilePiece(j), (1u64 << FILE_PIECE_LEVEL) * 100)
                     } else {
@@ -898,7 +1096,12 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
                 let Some(p) = self.peers.get(peer) else {
                     continue;
                 };
-                if p.stats.inflight_requests >= self.cfg.max_requests_per_peer
+                let max_requests = if p.on_probation() {
+                    1
+                } else {
+                    self.cfg.max_requests_per_peer
+                };
+                if p.stats.inflight_requests >= max_requests
                     || p.stats.inflight_bytes >= p.stats.window
                 {
                     continue;
@@ -954,14 +1157,21 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         if !batch.is_empty() {
             return batch;
         }
-        // Endgame.
-        let limit = self.cfg.endgame_copies;
+        // Endgame: duplicates of chunks in flight elsewhere, by peers in
+        // good standing only; copies held by peers on probation do not
+        // count against the limit (they may never come).
+        if self.peers.get(peer).is_none_or(|p| p.on_probation()) {
+            return batch;
+        }
+        let limit = usize::from(self.cfg.endgame_copies);
+        let good = |p: &P| self.peers.get(p).is_some_and(|x| !x.on_probation());
         let mut candidates: Vec<u64> = self
             .holders
             .iter()
             .filter(|(i, h)| {
                 !h.contains(peer)
-                    && matches!(self.chunks[**i as usize], Chunk::InFlight(n) if n < limit)
+                    && matches!(self.chunks[**i as usize], Chunk::InFlight(_))
+                    && h.iter().filter(|p| good(p)).count() < limit
             })
             .map(|(i, _)| *i)
             .collect();

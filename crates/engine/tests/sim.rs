@@ -30,6 +30,9 @@ struct PeerSpec {
     leaves_at_ms: Option<u64>,
     /// Joins at this virtual time (ms).
     joins_at_ms: u64,
+    /// Answers every request at once with this failure (a peer that resets
+    /// or truncates every stream: `Io`; one that refuses: `Refused`).
+    fail: Option<Failure>,
 }
 
 enum Reply {
@@ -57,6 +60,7 @@ struct Sim {
     joined: Vec<bool>,
     left: Vec<bool>,
     trace: blake3::Hasher,
+    piece_requests: u64,
 }
 
 impl Sim {
@@ -80,6 +84,7 @@ impl Sim {
             joined: vec![false; n],
             left: vec![false; n],
             trace: blake3::Hasher::new(),
+            piece_requests: 0,
         };
         s.churn();
         s
@@ -115,7 +120,16 @@ impl Sim {
     fn drain_actions(&mut self) {
         while let Some(a) = self.fetch.poll_action() {
             match a {
-                Action::Send { peer, id, ask } => self.serve(peer, id, ask),
+                Action::Send { peer, id, ask } => {
+                    if std::env::var("SIM_TRACE").is_ok() {
+                        let what = match &ask {
+                            Ask::Chunks(l) => format!("{} chunks", l.len()),
+                            a => format!("{a:?}"),
+                        };
+                        eprintln!("{:>8} ms send {id} -> {peer}: {what}", self.ms());
+                    }
+                    self.serve(peer, id, ask)
+                }
                 Action::ManifestReady => {
                     // Nothing local: fetch everything.
                     let n = self.manifest.chunks().len() as u64;
@@ -127,13 +141,18 @@ impl Sim {
     }
 
     fn serve(&mut self, peer: usize, id: u64, ask: Ask) {
+        if matches!(ask, Ask::FilePiece(_) | Ask::ChunkPiece(_)) {
+            self.piece_requests += 1;
+        }
         self.trace.update(&(peer as u64).to_le_bytes());
         self.trace.update(&id.to_le_bytes());
         let spec = self.peers[peer].clone();
         if spec.silent || self.left[peer] || self.rand() < spec.loss {
             return;
         }
-        let (reply, bytes) = if spec.missing {
+        let (reply, bytes) = if let Some(f) = spec.fail.clone() {
+            (Reply::Fail(f), 1)
+        } else if spec.missing {
             (Reply::Fail(Failure::NotFound), 1)
         } else if self.rand() < spec.busy {
             (
@@ -303,6 +322,7 @@ fn cfg() -> Config {
         base_timeout: Duration::from_millis(500),
         max_timeout: Duration::from_secs(10),
         cool_off: Duration::from_secs(1),
+        hedge_after: Duration::from_millis(200),
         ..Config::default()
     }
 }
@@ -481,12 +501,19 @@ fn all_but_one_peer_lie_and_the_sync_still_completes() {
 #[test]
 fn endgame_does_not_wait_for_the_slowest_peer() {
     let m = big_manifest(2000);
-    // One very slow peer would hold its last batch for a long time.
-    let peers = vec![honest(2_000_000.0, 5), honest(20_000.0, 5)];
+    // One very slow peer would hold its last batch for a long time (it
+    // joins once the manifest is in, so it gets chunks, not pieces).
+    let peers = vec![
+        honest(2_000_000.0, 5),
+        PeerSpec {
+            joins_at_ms: 400,
+            ..honest(20_000.0, 5)
+        },
+    ];
     let mut with = Sim::new(m.clone(), peers.clone(), cfg(), 5);
     let t_with = with.run(Duration::from_secs(600));
     let mut c = cfg();
-    c.endgame_copies = 1;
+    c.endgame_copies = 0;
     let mut without = Sim::new(m, peers, c, 5);
     let t_without = without.run(Duration::from_secs(600));
     assert!(with.fetch.is_done() && without.fetch.is_done());
@@ -604,4 +631,137 @@ fn chunks_added_after_the_plan_are_fetched_even_after_the_rest_is_done() {
     assert_eq!(answer_all(&mut f, now), vec![100, 101]);
     assert!(f.is_done());
     assert_eq!(f.progress().chunks_done, 5);
+}
+
+fn requests_to(sim: &Sim, peers: std::ops::Range<usize>) -> u64 {
+    sim.fetch
+        .peer_stats()
+        .filter(|(k, _)| peers.contains(k))
+        .map(|(_, s)| s.requests)
+        .sum()
+}
+
+/// Peers that reset, truncate or refuse every stream answer at once, so a
+/// scheduler that does not cool them off asks them again and again (and,
+/// ranking them first, never asks the honest peer for the header).
+#[test]
+fn peers_that_reset_truncate_or_refuse_neither_stall_nor_slow_the_sync() {
+    let m = big_manifest(3000);
+    let honest_late = PeerSpec {
+        joins_at_ms: 2_000,
+        ..honest(1_000_000.0, 5)
+    };
+    let mut alone = Sim::new(m.clone(), vec![honest_late.clone()], cfg(), 4);
+    let t_alone = alone.run(Duration::from_secs(600));
+    assert!(alone.fetch.is_done());
+    for seed in [4, 5, 6] {
+        let bad = |f: Failure| PeerSpec {
+            fail: Some(f),
+            ..honest(1e7, 1)
+        };
+        let peers = vec![
+            bad(Failure::Io),
+            bad(Failure::Io),
+            bad(Failure::Refused),
+            honest_late.clone(),
+        ];
+        let mut sim = Sim::new(m.clone(), peers, cfg(), seed);
+        let t = sim.run(Duration::from_secs(600));
+        assert!(
+            sim.fetch.is_done(),
+            "seed {seed}: {:?}",
+            sim.fetch.progress()
+        );
+        eprintln!(
+            "seed {seed}: {t:.2}s vs {t_alone:.2}s alone, {} requests to bad peers",
+            requests_to(&sim, 0..3)
+        );
+        assert!(
+            t <= 2.0 * t_alone,
+            "seed {seed}: {t:.2}s with three failing peers, {t_alone:.2}s alone"
+        );
+        // Requests to peers that deliver nothing are bounded: a few each per
+        // cool-off, and the cool-offs grow.
+        let wasted = requests_to(&sim, 0..3);
+        assert!(
+            wasted < 60,
+            "seed {seed}: {wasted} requests to failing peers"
+        );
+        for (k, s) in sim.fetch.peer_stats() {
+            if *k < 3 {
+                assert!(s.failures > 0, "peer {k} failures not counted");
+            }
+        }
+    }
+}
+
+/// Stallers (accept and never answer) and a peer that answers at one byte
+/// per second hold requests until they time out; the header, the manifest
+/// pieces and the last chunks must not wait for them.
+#[test]
+fn stalling_and_trickling_peers_do_not_slow_the_sync_much() {
+    let m = big_manifest(3000);
+    let good = honest(1_000_000.0, 5);
+    let mut alone = Sim::new(m.clone(), vec![good.clone()], cfg(), 8);
+    let t_alone = alone.run(Duration::from_secs(600));
+    for seed in [8, 9, 10] {
+        let stall = PeerSpec {
+            silent: true,
+            ..honest(1e7, 1)
+        };
+        let peers = vec![stall.clone(), stall.clone(), honest(1.0, 1), good.clone()];
+        let mut sim = Sim::new(m.clone(), peers, cfg(), seed);
+        let t = sim.run(Duration::from_secs(600));
+        assert!(
+            sim.fetch.is_done(),
+            "seed {seed}: {:?}",
+            sim.fetch.progress()
+        );
+        eprintln!(
+            "seed {seed}: {t:.2}s vs {t_alone:.2}s alone, {} requests to bad peers",
+            requests_to(&sim, 0..3)
+        );
+        assert!(
+            t <= 2.0 * t_alone,
+            "seed {seed}: {t:.2}s with stallers, {t_alone:.2}s alone"
+        );
+        let wasted = requests_to(&sim, 0..3);
+        assert!(wasted < 60, "seed {seed}: {wasted} requests to stallers");
+    }
+}
+
+/// Which peer is asked first must not be decided by peer id order, which
+/// anyone can grind: different fetchers (seeds) rank equal peers
+/// differently.
+#[test]
+fn equal_peers_are_ranked_by_a_per_node_order_not_by_id() {
+    let m = big_manifest(100);
+    let mut first = std::collections::BTreeSet::new();
+    for seed in 0..16 {
+        let mut f: Fetch<usize> = Fetch::with_manifest(m.root(), seed, cfg(), m.clone());
+        assert_eq!(f.poll_action(), Some(Action::ManifestReady));
+        let now = Instant::now();
+        for p in 0..4 {
+            f.add_peer(p, now);
+        }
+        f.set_needed(0..100, now);
+        if let Some(Action::Send { peer, .. }) = f.poll_action() {
+            first.insert(peer);
+        }
+    }
+    assert!(first.len() >= 3, "header always asked from {first:?}");
+}
+
+/// Each manifest piece is asked once when every answer is good.
+#[test]
+fn manifest_pieces_are_requested_once_each() {
+    let m = big_manifest(20_000);
+    let h = *m.header();
+    let pieces = h.file_piece_count() + h.chunk_piece_count();
+    assert!(pieces >= 3);
+    let mut sim = Sim::new(m, vec![honest(1e7, 1)], cfg(), 3);
+    sim.run(Duration::from_secs(600));
+    assert!(sim.fetch.is_done());
+    let asked = sim.piece_requests;
+    assert_eq!(asked, pieces, "pieces requested {asked} times for {pieces}");
 }

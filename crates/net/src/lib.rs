@@ -12,6 +12,7 @@
 //!   the other.
 //! - A persistent ed25519 identity in the data directory.
 
+pub mod advert;
 pub mod chunkbuf;
 mod codec;
 mod one_per_peer;

@@ -5,10 +5,12 @@
 //! root at any time (what was fetched stays in its staging area and is
 //! reused by the next plan).
 
-use crate::p2p::{FetchJob, FetchSummary, LoopMsg, Pending};
+use crate::p2p::{FetchJob, FetchSummary, LoopMsg, PeerReport, Pending};
 use crate::session::{self, LocalReport, Staging, Writer};
 use crate::ui;
-use statesync_engine::fetch::{Action, Ask, Config as FetchConfig, Failure, Fetch, Progress};
+use statesync_engine::fetch::{
+    Action, Ask, Config as FetchConfig, Failure, Fetch, PeerState, Progress,
+};
 use statesync_engine::peers::PeerManager;
 use statesync_manifest::diff::LocalSource;
 use statesync_manifest::format::Manifest;
@@ -418,7 +420,7 @@ impl FetchDriver {
                 now,
             ),
             Response::NotFound => f.handle_failure(id, Failure::NotFound, now),
-            Response::Refused { .. } => f.handle_failure(id, Failure::Io, now),
+            Response::Refused { .. } => f.handle_failure(id, Failure::Refused, now),
             other => f.handle_failure(
                 id,
                 Failure::Malformed(format!("unexpected {}", kind(&other))),
@@ -428,13 +430,18 @@ impl FetchDriver {
     }
 
     pub fn on_failure(&mut self, id: u64, error: &request_response::OutboundFailure, now: Instant) {
+        use request_response::OutboundFailure as F;
         let fl = match error {
-            request_response::OutboundFailure::Io(e)
-                if e.kind() == std::io::ErrorKind::InvalidData =>
-            {
+            // Bytes that do not decode (an oversized length, a bad tag):
+            // the peer's fault.
+            F::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 Failure::Malformed(e.to_string())
             }
-            _ => Failure::Io,
+            // It does not speak the protocol: it has nothing for us.
+            F::UnsupportedProtocols => Failure::NotFound,
+            // A stream reset or cut short, a closed connection, a transport
+            // timeout: a strike (the scheduler cools repeat offenders off).
+            F::Io(_) | F::Timeout | F::ConnectionClosed | F::DialFailure => Failure::Io,
         };
         self.fetch.handle_failure(id, fl, now);
     }
@@ -585,6 +592,25 @@ impl FetchDriver {
                 self.summary.requests = p.requests_sent;
                 self.summary.rejected_chunks = p.rejected_chunks;
                 self.summary.peers_used = self.summary.bytes_per_peer.len();
+                self.summary.peers = self
+                    .fetch
+                    .peer_stats()
+                    .map(|(p, st)| PeerReport {
+                        peer: p.to_string(),
+                        state: match &st.state {
+                            PeerState::Active => "active".into(),
+                            PeerState::Waiting(_) => "cooling off".into(),
+                            PeerState::NotFound => "not found".into(),
+                            PeerState::Banned(why) => format!("banned: {why}"),
+                        },
+                        bytes: st.bytes_received,
+                        requests: st.requests,
+                        timeouts: st.timeouts,
+                        failures: st.failures,
+                        busy: st.busy,
+                        cool_offs: st.cool_offs,
+                    })
+                    .collect();
                 self.summary.seconds = self.start.elapsed().as_secs_f64();
                 return Ok(Some(std::mem::take(&mut self.summary)));
             }

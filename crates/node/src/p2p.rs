@@ -12,14 +12,13 @@ use futures::StreamExt;
 use statesync_engine::peers::{PeerAction, PeerManager, PeerManagerConfig};
 use statesync_manifest::format::Manifest;
 use statesync_manifest::hash::Hash;
-use statesync_net::libp2p::identity::{Keypair, PublicKey};
 use statesync_net::libp2p::multiaddr::Protocol;
 use statesync_net::libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use statesync_net::libp2p::swarm::SwarmEvent;
 use statesync_net::libp2p::{Multiaddr, PeerId, Swarm, identify, kad};
 use statesync_net::{Behaviour, BehaviourEvent, NetConfig};
 use statesync_proto::blocks::BlockResponse;
-use statesync_proto::{Advert, Request, Response, SignedAdvert};
+use statesync_proto::{Advert, Request, Response};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +95,23 @@ pub struct FetchSummary {
     pub bytes_per_peer: HashMap<String, u64>,
     pub requests: u64,
     pub rejected_chunks: u64,
+    /// Every peer the scheduler knew, with what it did.
+    pub peers: Vec<PeerReport>,
+}
+
+/// One peer's record in a fetch: what it delivered and how it failed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PeerReport {
+    pub peer: String,
+    /// `active`, `cooling off`, `not found` or `banned: <reason>`.
+    pub state: String,
+    pub bytes: u64,
+    pub requests: u64,
+    pub timeouts: u64,
+    /// Streams reset or cut short, refusals.
+    pub failures: u64,
+    pub busy: u64,
+    pub cool_offs: u32,
 }
 
 pub enum Pending {
@@ -115,32 +131,6 @@ pub enum LoopMsg {
         msg: Box<FetchMsg>,
     },
     Chain(ChainMsg),
-}
-
-fn peer_public_key(p: &PeerId) -> Option<PublicKey> {
-    let mh: &statesync_net::libp2p::multihash::Multihash<64> = p.as_ref();
-    if mh.code() != 0 {
-        return None;
-    }
-    PublicKey::try_decode_protobuf(mh.digest()).ok()
-}
-
-fn sign_advert(kp: &Keypair, advert: &Advert) -> SignedAdvert {
-    let body = advert.encode();
-    let msg = Advert::signing_bytes(&kp.public().to_peer_id().to_bytes(), &body);
-    SignedAdvert {
-        signature: kp.sign(&msg).unwrap_or_default(),
-        body,
-    }
-}
-
-fn verify_advert(peer: &PeerId, sa: &SignedAdvert) -> Option<Advert> {
-    let key = peer_public_key(peer)?;
-    let msg = Advert::signing_bytes(&peer.to_bytes(), &sa.body);
-    if !key.verify(&msg, &sa.signature) {
-        return None;
-    }
-    Advert::decode(&sa.body).ok()
 }
 
 fn log(cfg: &NodeCfg, msg: impl AsRef<str>) {
@@ -412,10 +402,10 @@ pub async fn run(
                                 match request {
                                     Request::GetAdvert => {
                                         let adv = server.as_ref().map(|s| s.advert()).unwrap_or(Advert { seq: 0, entries: vec![] });
-                                        let _ = swarm.behaviour_mut().state.send_response(channel, Response::Advert { advert: sign_advert(&kp, &adv) });
+                                        let _ = swarm.behaviour_mut().state.send_response(channel, Response::Advert { advert: statesync_net::advert::sign(&kp, &adv) });
                                     }
                                     Request::Announce { advert } => {
-                                        if let Some(a) = verify_advert(&peer, &advert) {
+                                        if let Some(a) = statesync_net::advert::verify(&peer, &advert) {
                                             on_advert(&mut adverts, &mut fetch, peer, a, now);
                                         }
                                         let _ = swarm.behaviour_mut().state.send_response(channel, Response::Ack);
@@ -455,7 +445,7 @@ pub async fn run(
                                 match pending.remove(&request_id) {
                                     Some(Pending::Advert(p)) => {
                                         if let Response::Advert { advert } = response
-                                            && let Some(a) = verify_advert(&p, &advert)
+                                            && let Some(a) = statesync_net::advert::verify(&p, &advert)
                                         {
                                             on_advert(&mut adverts, &mut fetch, p, a, now);
                                         }
@@ -592,7 +582,7 @@ pub async fn run(
                 if let Some(s) = server.as_mut()
                     && s.refresh(false)
                 {
-                    let adv = sign_advert(&kp, &s.advert());
+                    let adv = statesync_net::advert::sign(&kp, &s.advert());
                     for p in connected.iter().copied().collect::<Vec<_>>() {
                         let rid = swarm.behaviour_mut().state.send_request(&p, Request::Announce { advert: adv.clone() });
                         pending.insert(rid, Pending::Announce);

@@ -9,7 +9,8 @@ use statesync_manifest::format::{
     CHUNK_ENTRY_LEN, ChunkEntry, FileEntry, ManifestError, ROOT_HEADER_LEN, Reader,
     decode_chunk_entry, decode_file_entry, encode_chunk_entry, encode_file_entry,
 };
-use statesync_manifest::hash::Hash;
+/// The 32-byte hashes messages carry (roots, chunk hashes).
+pub use statesync_manifest::hash::Hash;
 
 /// Chunk data: reference-counted slices, so a decoded response shares the
 /// frame it was read into and an encoded one the buffers it was read from.
