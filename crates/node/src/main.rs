@@ -1153,8 +1153,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn checkpoint(c: CheckpointCmd, json: bool, bars: bool) -> Result<ExitCode> {
+    // Only `checkpoint create` makes a new store; the other commands need
+    // one that exists.
+    let create = matches!(c, CheckpointCmd::Create { .. });
     let open = |p: &Path| -> Result<Store> {
-        let (s, rep) = Store::open(p)?;
+        let (s, rep) = if create {
+            Store::open(p)?
+        } else {
+            Store::open_existing(p)?
+        };
         for d in &rep.removed_staging {
             eprintln!("removed stale staging directory {}", d.display());
         }
@@ -1170,6 +1177,9 @@ fn checkpoint(c: CheckpointCmd, json: bool, bars: bool) -> Result<ExitCode> {
             chunk_size,
             sample_rate,
         } => {
+            if !from.is_dir() {
+                return Err(format!("--from {}: not a directory", from.display()).into());
+            }
             let st = open(&store)?;
             let progress = Arc::new(Progress::default());
             let opts = CreateOptions {

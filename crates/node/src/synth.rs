@@ -88,8 +88,11 @@ fn sizes(spec: &GenSpec) -> Vec<u64> {
         .collect()
 }
 
+/// Writes a new state into `dir`, which must not exist: a tool that
+/// overwrote an existing state would write through its hard links into
+/// every other state and checkpoint that shares them.
 pub fn generate(dir: &Path, spec: &GenSpec) -> std::io::Result<GenReport> {
-    std::fs::create_dir_all(dir)?;
+    create_new_dir(dir)?;
     let sizes = sizes(spec);
     let mut r = Rng::new(spec.seed ^ 0xd0d0);
     // Content stream per file: its own, or another file's (a duplicate).
@@ -112,7 +115,12 @@ pub fn generate(dir: &Path, spec: &GenSpec) -> std::io::Result<GenReport> {
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?);
+            // A new file in a new directory: never through a link.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)?;
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, f);
             let mut buf = vec![0u8; BLOCK as usize];
             let mut zeros = 0;
             for b in 0..size.div_ceil(BLOCK) {
@@ -210,7 +218,7 @@ pub fn mutate(
         appended.insert(r.below(n) as usize);
     }
     if !spec.in_place {
-        std::fs::create_dir_all(out)?;
+        create_new_dir(out)?;
     }
     let target = if spec.in_place { from } else { out };
     let mut buf = vec![0u8; 4096];
@@ -238,6 +246,11 @@ pub fn mutate(
         }
         if !touched {
             continue;
+        }
+        if spec.in_place {
+            // Other states or checkpoints may share this file's inode:
+            // write into a private copy, never through their link.
+            break_link(&dst)?;
         }
         let file = std::fs::OpenOptions::new().write(true).open(&dst)?;
         let ranges = changes.written.entry(f.path.clone()).or_default();
@@ -284,6 +297,41 @@ pub fn mutate(
     Ok((rep, changes))
 }
 
+/// Creates `dir` (and its parents); an existing `dir` is an error.
+fn create_new_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::create_dir(dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{} already exists; give a new directory (existing files may be hard links shared with other states)",
+                    dir.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// Replaces `path` by a private copy of itself if other links share its
+/// inode (copy beside it, then rename over it).
+fn break_link(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(path)?.nlink() <= 1 {
+        return Ok(());
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".unlink-tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::copy(path, &tmp)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Parses sizes like `4096`, `64KiB`, `256MiB`, `2GiB`, `1.5GB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -327,16 +375,16 @@ mod tests {
             zero_pct: 20.0,
             dup_pct: 10.0,
         };
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        generate(a.path(), &spec).unwrap();
-        generate(b.path(), &spec).unwrap();
+        let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (ta.path().join("s"), tb.path().join("s"));
+        generate(&a, &spec).unwrap();
+        generate(&b, &spec).unwrap();
         let o = statesync_manifest::build::BuildOptions {
             chunk_size: 4096,
             ..Default::default()
         };
-        let ma = statesync_manifest::build(a.path(), &o).unwrap().manifest;
-        let mb = statesync_manifest::build(b.path(), &o).unwrap().manifest;
+        let ma = statesync_manifest::build(&a, &o).unwrap().manifest;
+        let mb = statesync_manifest::build(&b, &o).unwrap().manifest;
         assert_eq!(ma.root(), mb.root());
 
         let ms = MutateSpec {
@@ -349,11 +397,14 @@ mod tests {
             in_place: false,
         };
         let c = tempfile::tempdir().unwrap();
-        let (rep, changes) = mutate(a.path(), &c.path().join("v2"), &ms).unwrap();
+        let (rep, changes) = mutate(&a, &c.path().join("v2"), &ms).unwrap();
+        // Neither tool writes over an existing directory.
+        assert!(generate(&a, &spec).is_err());
+        assert!(mutate(&a, &c.path().join("v2"), &ms).is_err());
         assert!(rep.chunks_changed > 0 && rep.files_deleted > 0 && rep.files_added > 0);
         // The old version is intact and the change set is exact: an
         // incremental build from it equals a full build.
-        let again = statesync_manifest::build(a.path(), &o).unwrap().manifest;
+        let again = statesync_manifest::build(&a, &o).unwrap().manifest;
         assert_eq!(again.root(), ma.root());
         let prev = statesync_manifest::Previous {
             manifest: &ma,
@@ -370,5 +421,64 @@ mod tests {
         let full = statesync_manifest::build(&c.path().join("v2"), &o).unwrap();
         assert_eq!(inc.manifest.root(), full.manifest.root());
         assert!(inc.report.chunks_hashed < full.report.chunks_hashed);
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A state whose files are hard links shared with another state (as a
+    /// checkpoint store makes them): mutating it in place must leave the
+    /// other state's bytes alone.
+    #[test]
+    fn mutate_in_place_never_writes_through_a_shared_link() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let spec = GenSpec {
+            files: 12,
+            size: 1 << 20,
+            seed: 3,
+            zero_pct: 0.0,
+            dup_pct: 0.0,
+        };
+        generate(&a, &spec).unwrap();
+        // b shares every file of a.
+        let files = statesync_manifest::build::scan(&a).unwrap();
+        let b = d.path().join("b");
+        for f in &files {
+            let dst = statesync_manifest::path::join(&b, &f.path);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            std::fs::hard_link(&f.abs, &dst).unwrap();
+        }
+        let before: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| std::fs::read(&f.abs).unwrap())
+            .collect();
+        let ms = MutateSpec {
+            seed: 5,
+            chunk_size: 4096,
+            changed_pct: 20.0,
+            appended_pct: 20.0,
+            deleted_pct: 0.0,
+            added_pct: 0.0,
+            in_place: true,
+        };
+        let (rep, _) = mutate(&b, &b, &ms).unwrap();
+        assert!(rep.chunks_changed > 0);
+        let after: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| std::fs::read(&f.abs).unwrap())
+            .collect();
+        assert!(before == after, "a state sharing links was changed");
+        let changed = files
+            .iter()
+            .filter(|f| {
+                let bm = std::fs::metadata(statesync_manifest::path::join(&b, &f.path)).unwrap();
+                bm.ino() != std::fs::metadata(&f.abs).unwrap().ino()
+            })
+            .count();
+        assert!(changed > 0);
     }
 }

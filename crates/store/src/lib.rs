@@ -54,6 +54,8 @@ pub enum StoreError {
     BadManifest { path: PathBuf, err: ManifestError },
     #[error("pin name {0:?}: use 1-64 characters of [A-Za-z0-9_.-]")]
     PinName(String),
+    #[error("{0}: no checkpoint store there (it has no checkpoints/ directory)")]
+    NoStore(PathBuf),
     #[error("height {height} is not above the latest checkpoint {latest}")]
     NotNewer { height: u64, latest: u64 },
     #[error(transparent)]
@@ -141,6 +143,16 @@ fn valid_pin_name(n: &str) -> bool {
 }
 
 impl Store {
+    /// Opens a store that must exist already (a mistyped path is an error,
+    /// not a new empty store); otherwise as [`Store::open`].
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<(Store, OpenReport)> {
+        let root = root.into();
+        if !root.join("checkpoints").is_dir() {
+            return Err(StoreError::NoStore(root));
+        }
+        Store::open(root)
+    }
+
     /// Opens (creating if needed) a store, removing stale staging directories
     /// and emptying the trash.
     pub fn open(root: impl Into<PathBuf>) -> Result<(Store, OpenReport)> {
