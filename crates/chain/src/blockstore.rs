@@ -15,12 +15,25 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const BY_HASH: TableDefinition<&[u8], u64> = TableDefinition::new("by_hash");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// Errors of [`BlockStore`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database failed, or what it holds is inconsistent (a bound's
+    /// block missing or not decoding, backfill into an empty store).
     #[error("block store: {0}")]
     Db(String),
+    /// A block at a height that does not extend the stored range.
     #[error("block store: block {got} does not extend the stored range {low}..={high}")]
-    NotContiguous { got: u64, low: u64, high: u64 },
+    NotContiguous {
+        /// Height of the block.
+        got: u64,
+        /// Lowest stored height (1 on an empty store).
+        low: u64,
+        /// Highest stored height (0 on an empty store).
+        high: u64,
+    },
+    /// A block does not link by parent hash ([`ChainError::ParentMismatch`]),
+    /// or a stored block read by [`BlockStore::get`] does not decode.
     #[error("block store: {0}")]
     Chain(#[from] ChainError),
 }
@@ -29,11 +42,15 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// Verified blocks in a redb database: encoded blocks by height, heights by
+/// header hash, and the bounds `low`/`high` of the stored range.
 pub struct BlockStore {
     db: Database,
 }
 
 impl BlockStore {
+    /// Opens the database at `path`, creating it if missing (crash-safely:
+    /// [`statesync_store::db::open_or_create`]).
     pub fn open(path: &Path) -> Result<BlockStore, StoreError> {
         let database = statesync_store::db::open_or_create(
             path,
@@ -61,6 +78,7 @@ impl BlockStore {
         Ok(low.zip(high))
     }
 
+    /// The block at `height`, decoded, or None if it is not stored.
     pub fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
         Ok(match self.get_raw(height)? {
             Some(b) => Some(Block::decode(&b)?),
@@ -68,6 +86,7 @@ impl BlockStore {
         })
     }
 
+    /// The encoded block at `height`, or None if it is not stored.
     pub fn get_raw(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let r = self.db.begin_read().map_err(db)?;
         let t = r.open_table(BLOCKS).map_err(db)?;
@@ -75,7 +94,9 @@ impl BlockStore {
     }
 
     /// Encoded blocks `start..start+count` that are stored, in order,
-    /// stopping at the first gap or at `max_bytes`.
+    /// stopping at the first gap or before the block that would take the
+    /// total over `max_bytes` (the first block is returned whatever its
+    /// size).
     pub fn range_raw(
         &self,
         start: u64,
@@ -101,14 +122,16 @@ impl BlockStore {
         Ok(out)
     }
 
+    /// Height of the stored block with this header hash, if any.
     pub fn height_of(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
         let r = self.db.begin_read().map_err(db)?;
         let t = r.open_table(BY_HASH).map_err(db)?;
         Ok(t.get(hash.0.as_slice()).map_err(db)?.map(|v| v.value()))
     }
 
-    /// Starts an empty store at `anchor` (genesis successor or a
-    /// state-synced checkpoint's block), or replaces its contents.
+    /// Replaces the contents with the single block `anchor` (range
+    /// `[h, h]`), such as a state-synced or re-anchored checkpoint's block.
+    /// The block is not verified here.
     pub fn reset_to(&self, anchor: &Block) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(db)?;
         {
@@ -150,7 +173,9 @@ impl BlockStore {
 
     /// Appends verified blocks `high+1..` (ascending). The first must link
     /// to the stored head (or to `genesis_parent` on an empty store, where it
-    /// must be block 1).
+    /// must be block 1). Heights are checked ([`StoreError::NotContiguous`])
+    /// and parent links ([`ChainError::ParentMismatch`]); all or nothing is
+    /// committed, with the new bounds.
     pub fn append(&self, blocks: &[Block], genesis_parent: &Hash) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
@@ -202,7 +227,9 @@ impl BlockStore {
     }
 
     /// Prepends verified blocks below `low` (given in descending order:
-    /// `low-1, low-2, ...`), each the parent of the one above it.
+    /// `low-1, low-2, ...`), each the parent of the one above it. Heights
+    /// and parent links are checked as in [`BlockStore::append`]; all or
+    /// nothing is committed, with the new `low`. An empty store is an error.
     pub fn prepend(&self, blocks: &[Block]) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());

@@ -8,8 +8,13 @@
 //!   set every checkpoint is built from.
 //! * [`blockstore`]: blocks by height and hash, the head and the backfill
 //!   pointer, in redb.
+//! * [`replica`]: a node's data directory tying these to the checkpoint
+//!   store: import, block production, checkpoints with retention, backfill,
+//!   adoption of state-synced checkpoints and crash recovery.
 //!
 //! No async code and no networking here.
+
+#![warn(missing_docs)]
 
 pub mod blockstore;
 pub mod replica;

@@ -1,9 +1,14 @@
 //! A replica of the reference chain on disk: checkpoint store, block store
 //! and live state, kept consistent across crashes.
 //!
+//! This module owns a node's data directory (docs/chain.md, "On disk"):
+//! importing and producing blocks, taking checkpoints with retention,
+//! backfill, adopting state-synced checkpoints, and recovery on open.
+//!
 //! Layout of the data directory:
-//! * `store/`: checkpoints (see docs/store.md), one every
-//!   `checkpoint_interval` blocks, the last `keep` kept (plus pins/leases);
+//! * `store/`: checkpoints (see docs/store.md) at checkpoint heights (every
+//!   `checkpoint_interval` blocks; while catching up, only the last one of
+//!   each import), the last `keep` kept (plus pins/leases);
 //! * `anchors/<height>`: the block at each checkpoint height, so the block
 //!   store can always be re-anchored on a checkpoint;
 //! * `blocks.redb`: verified blocks `[low, high]`;
@@ -47,34 +52,55 @@ impl From<BlockStoreError> for ImportError {
     }
 }
 
+/// What [`Replica::open_with`] found and did. All zero/false when it opened
+/// without state.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct OpenReport {
+    /// Height of the checkpoint the live state was rebuilt from (0: genesis).
     pub checkpoint: u64,
+    /// Stored blocks replayed above it.
     pub replayed: u64,
+    /// Executed head after the replay.
     pub head: u64,
+    /// The block store's backfill pointer ([`Replica::low`]).
     pub low: u64,
+    /// Whether the genesis state was generated (there was no checkpoint).
     pub generated_genesis: bool,
+    /// Whether the block store, which did not reach the checkpoint, was
+    /// reset to the checkpoint's anchor block.
     pub reanchored: bool,
 }
 
+/// What an import did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ImportReport {
+    /// Blocks executed.
     pub imported: u64,
+    /// Checkpoints taken: (height, state root in hex).
     pub checkpoints: Vec<(u64, String)>,
+    /// Wall-clock seconds spent executing blocks.
     pub exec_secs: f64,
+    /// Wall-clock seconds spent taking checkpoints.
     pub checkpoint_secs: f64,
 }
 
+/// A replica of the chain in a data directory (layout in the module docs):
+/// checkpoint store, block store and live state.
 pub struct Replica {
+    /// The chain's verified genesis.
     pub spec: Spec,
+    /// The checkpoint store (`store/`).
     pub store: Store,
+    /// The block store (`blocks.redb`), shareable with the serving side.
     pub blocks: std::sync::Arc<BlockStore>,
     live: Option<LiveState>,
     data: PathBuf,
-    /// Checkpoints kept by retention (pins and serving leases come on top).
+    /// Checkpoints kept by retention (pins and serving leases come on top);
+    /// 3 after open.
     pub keep: usize,
     /// Take a checkpoint at every checkpoint height even inside a long
-    /// import (else only at the last one of each import call).
+    /// import (else only at the last one of each import call); false after
+    /// open.
     pub checkpoint_every: bool,
     head_hash: Hash,
 }
@@ -84,14 +110,20 @@ fn anchor_path(data: &Path, h: u64) -> PathBuf {
 }
 
 impl Replica {
-    /// Opens (or creates) a replica. Without a checkpoint on disk, the
-    /// genesis state is generated when `create_genesis`; otherwise the
-    /// replica has no state until [`Replica::adopt`] or
-    /// [`Replica::init_genesis`].
+    /// Opens (or creates) a replica, generating the genesis state if there
+    /// is no checkpoint on disk: [`Replica::open_with`] with `create_genesis`.
     pub fn open(data: &Path, spec: Spec) -> Result<(Replica, OpenReport), ImportError> {
         Replica::open_with(data, spec, true)
     }
 
+    /// Opens (or creates) a replica in `data` and recovers from a crash:
+    /// drops checkpoints without an anchor block, makes the block store
+    /// reach the latest checkpoint (extended by its anchor block when that
+    /// links, else reset to it), rebuilds `live/` from the checkpoint and
+    /// replays the stored blocks above it. Without a checkpoint on disk, the
+    /// genesis state is generated when `create_genesis`; otherwise the block
+    /// store is cleared and the replica has no state until
+    /// [`Replica::adopt`] or [`Replica::init_genesis`].
     pub fn open_with(
         data: &Path,
         spec: Spec,
@@ -196,6 +228,7 @@ impl Replica {
         Ok((r, rep))
     }
 
+    /// The data directory.
     pub fn data(&self) -> &Path {
         &self.data
     }
@@ -218,7 +251,8 @@ impl Replica {
     }
 
     /// Generates the genesis state on a replica opened without it (to replay
-    /// from block 1).
+    /// from block 1): creates checkpoint 0, clears the block store and
+    /// links the live state. Does nothing if there is a state already.
     pub fn init_genesis(&mut self) -> Result<(), ImportError> {
         if self.live.is_some() {
             return Ok(());
@@ -253,12 +287,21 @@ impl Replica {
         }
     }
 
+    /// Size of the state in bytes, from the genesis layout.
     pub fn state_bytes(&self) -> u64 {
         StateLayout::of(&self.spec.genesis).bytes()
     }
 
     /// Verifies, stores and executes blocks (ascending, starting at or
     /// below head+1; those at or below the head are checked and skipped).
+    /// Takes a checkpoint at the last checkpoint height among them (at each
+    /// one with `checkpoint_every`) and checks its root against the header.
+    ///
+    /// Errors: [`ImportError::Bad`] for an invalid block or a broken parent
+    /// link; [`ImportError::Local`] without state, for blocks that do not
+    /// start at head+1, or a local failure; [`ImportError::Fatal`] when a
+    /// computed state root differs from the committed one (the checkpoint
+    /// and its anchor are removed first).
     pub fn import(&mut self, blocks: &[Block]) -> Result<ImportReport, ImportError> {
         for b in blocks {
             self.spec.verify(b)?;
@@ -530,7 +573,9 @@ impl Replica {
         Ok(replayed)
     }
 
-    /// Backfill: verified blocks below `low`, in descending order.
+    /// Backfill: verifies blocks below `low` (given in descending order:
+    /// `low-1`, `low-2`, ...) and prepends them to the block store; they are
+    /// not executed.
     pub fn backfill(&mut self, desc: &[Block]) -> Result<(), ImportError> {
         for b in desc {
             self.spec.verify(b)?;
@@ -542,7 +587,11 @@ impl Replica {
     /// Adopts a state-synced checkpoint: `dir` (verified against
     /// `manifest`, whose root `anchor` commits) becomes checkpoint
     /// `anchor.height()`, the block store restarts at `anchor`, and the live
-    /// state at it.
+    /// state at it; retention then applies.
+    ///
+    /// Errors: [`ImportError::Bad`] if `anchor` does not verify;
+    /// [`ImportError::Local`] if `manifest`'s root is not the anchor's state
+    /// root or the store refuses the checkpoint (not above the latest).
     pub fn adopt(
         &mut self,
         anchor: &Block,

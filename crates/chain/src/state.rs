@@ -15,15 +15,22 @@ use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Size of a slot in bytes: a length byte, up to [`MAX_VALUE`] value bytes,
+/// zero padding.
 pub const SLOT: u64 = 64;
 
+/// Shape of the state: `files` page files `kv/NNNNN.bin` of `file_size`
+/// bytes each; key `k` is slot `k` counting across the files in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateLayout {
+    /// Number of page files.
     pub files: u32,
+    /// Size of each page file in bytes (a multiple of [`SLOT`]).
     pub file_size: u32,
 }
 
 impl StateLayout {
+    /// The layout a genesis specifies.
     pub fn of(g: &Genesis) -> StateLayout {
         StateLayout {
             files: g.state_files,
@@ -31,19 +38,24 @@ impl StateLayout {
         }
     }
 
+    /// Number of slots: the keyspace is `0..slots()`.
     pub fn slots(&self) -> u64 {
         self.files as u64 * (self.file_size as u64 / SLOT)
     }
 
+    /// Total size of the state in bytes.
     pub fn bytes(&self) -> u64 {
         self.files as u64 * self.file_size as u64
     }
 
+    /// Relative path (manifest path) of page file `file`: `kv/NNNNN.bin`,
+    /// five digits, zero-padded.
     pub fn path_of(file: u32) -> String {
         format!("kv/{file:05}.bin")
     }
 
-    /// (file, byte offset) of a key, or None beyond the keyspace.
+    /// (file index, byte offset in it) of a key's slot, or None beyond the
+    /// keyspace.
     pub fn locate(&self, key: u64) -> Option<(u32, u64)> {
         if key >= self.slots() {
             return None;
@@ -73,7 +85,9 @@ impl StateLayout {
     }
 }
 
-/// The state a node executes blocks into.
+/// The state a node executes blocks into: a directory of page files (a
+/// node's `live/`) at some height, the files opened for writing, and the
+/// change set since the last checkpoint.
 pub struct LiveState {
     dir: PathBuf,
     layout: StateLayout,
@@ -84,7 +98,8 @@ pub struct LiveState {
 
 impl LiveState {
     /// Replaces `live` by hard links of a checkpoint's files (cheap: the
-    /// first write to each file copies it up).
+    /// first write to each file copies it up). The state is then at
+    /// `height`, the checkpoint's, with an empty change set.
     pub fn from_checkpoint(
         checkpoint_state: &Path,
         live: &Path,
@@ -106,16 +121,22 @@ impl LiveState {
         })
     }
 
+    /// Height of the last block executed (or of the checkpoint it started
+    /// from).
     pub fn height(&self) -> u64 {
         self.height
     }
 
+    /// The directory holding the live files.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Executes block `height + 1`. A key beyond the keyspace or an
-    /// oversize value is skipped (deterministically, on every node).
+    /// Executes block `height + 1`, writing each transaction's slot in place
+    /// and recording it in the change set. A key beyond the keyspace or an
+    /// oversize value is skipped (deterministically, on every node). Any
+    /// other block height is an error; so is I/O, which may leave the block
+    /// partly applied (the height does not advance).
     pub fn apply(&mut self, b: &Block) -> std::io::Result<()> {
         if b.height() != self.height + 1 {
             return Err(std::io::Error::other(format!(
@@ -192,7 +213,8 @@ impl LiveState {
         self.changes.removed.extend(c.removed);
     }
 
-    /// Flushes written files to disk (before a checkpoint is copied).
+    /// Flushes the data of the files opened for writing to disk
+    /// (`fdatasync`; before a checkpoint is copied).
     pub fn sync(&mut self) -> std::io::Result<()> {
         for f in self.open.values() {
             f.sync_data()?;

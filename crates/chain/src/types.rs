@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Encoding version of headers.
 pub const HEADER_VERSION: u8 = 1;
-/// Encoded header length in bytes.
+/// Encoded header length in bytes (145).
 pub const HEADER_LEN: usize = 1 + 32 + 8 + 32 + 32 + 32 + 8;
 /// Largest value a transaction may write (a slot is 64 bytes: length byte +
 /// up to 63 value bytes).
@@ -20,26 +20,66 @@ pub const MAX_SIGS: usize = 1024;
 /// Largest encoded block.
 pub const MAX_BLOCK_BYTES: usize = 2 << 20;
 
+/// Why a block, header, finality proof or genesis is invalid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
+    /// Bytes that do not decode, a block at height 0, or a finality proof
+    /// with indices not strictly ascending or naming no validator.
     #[error("malformed {what}: {why}")]
-    Malformed { what: &'static str, why: String },
+    Malformed {
+        /// What was being decoded or checked (`"header"`, `"block"`,
+        /// `"finality proof"`).
+        what: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The header's chain id is not this chain's.
     #[error("block {height} belongs to another chain")]
-    WrongChain { height: u64 },
+    WrongChain {
+        /// Height the block claims.
+        height: u64,
+    },
+    /// The header's txs root does not match the block's transactions.
     #[error("block {height}: transactions do not match the header's txs root")]
-    TxsRoot { height: u64 },
+    TxsRoot {
+        /// Height of the block.
+        height: u64,
+    },
+    /// Fewer signatures than the quorum (all of them valid).
     #[error("block {height}: finality proof has {have} valid signatures, {need} needed")]
     NoQuorum {
+        /// Height of the block.
         height: u64,
+        /// Signatures in the proof.
         have: usize,
+        /// The quorum.
         need: usize,
     },
+    /// A signature in the finality proof does not verify.
     #[error("block {height}: signature of validator {index} is invalid")]
-    BadSignature { height: u64, index: u16 },
+    BadSignature {
+        /// Height of the block.
+        height: u64,
+        /// Index of the validator in the genesis.
+        index: u16,
+    },
+    /// The block's parent hash is not the header hash of the block below it
+    /// (for block 1: not the chain id).
     #[error("block {height}: parent hash does not match block {}", height - 1)]
-    ParentMismatch { height: u64 },
+    ParentMismatch {
+        /// Height of the block whose parent link is wrong.
+        height: u64,
+    },
+    /// A state root on a height that is not a checkpoint height, or a zero
+    /// state root on one that is.
     #[error("block {height}: a state root is committed only every {interval} blocks")]
-    StrayStateRoot { height: u64, interval: u64 },
+    StrayStateRoot {
+        /// Height of the block.
+        height: u64,
+        /// The genesis `checkpoint_interval`.
+        interval: u64,
+    },
+    /// The genesis file is invalid; the reason.
     #[error("invalid genesis: {0}")]
     Genesis(String),
 }
@@ -55,9 +95,11 @@ fn keyed(context: &str, data: &[u8]) -> Hash {
     Hash(*blake3::keyed_hash(&blake3::derive_key(context, &[]), data).as_bytes())
 }
 
-/// The chain's parameters, shared by every node (a JSON file).
+/// The chain's parameters, shared by every node (a JSON file). Every field
+/// is part of the chain id ([`Genesis::spec`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Genesis {
+    /// Human-readable name of the chain.
     pub name: String,
     /// Validators' ed25519 public keys, hex.
     pub validators: Vec<String>,
@@ -66,12 +108,17 @@ pub struct Genesis {
     /// The state: `state_files` files of `file_size` bytes, generated from
     /// `seed`.
     pub state_files: u32,
+    /// Size of each state file in bytes: a non-zero multiple of the 64-byte
+    /// slot.
     pub file_size: u32,
+    /// Seed the genesis state bytes are generated from.
     pub seed: u64,
-    /// Every `checkpoint_interval`-th header commits the state root.
+    /// Every `checkpoint_interval`-th header commits the state root (at
+    /// least 1).
     pub checkpoint_interval: u64,
-    /// Target block time of the leader.
+    /// Target block time of the leader, in milliseconds.
     pub block_ms: u64,
+    /// Transactions the leader generates per block (at most [`MAX_TXS`]).
     pub txs_per_block: u32,
     /// Percent of the keyspace (from its start) that receives 99.9% of the
     /// writes; the rest go anywhere.
@@ -89,7 +136,9 @@ impl Genesis {
         )))
     }
 
-    /// A genesis with `n` demo validators whose keys derive from `seed`.
+    /// A genesis with `n` demo validators whose keys derive from `seed`
+    /// (quorum `n/2 + 1`, 64 state files of 1 MiB, a checkpoint every 10
+    /// blocks of 200 ms), and those keys in validator order.
     pub fn demo(n: u32, seed: u64) -> (Genesis, Vec<ValidatorKey>) {
         let keys: Vec<ValidatorKey> = (0..n).map(|i| Genesis::demo_key(seed, i)).collect();
         let g = Genesis {
@@ -107,6 +156,8 @@ impl Genesis {
         (g, keys)
     }
 
+    /// Reads a genesis JSON file and checks it as [`Genesis::spec`] does;
+    /// errors are messages naming the file.
     pub fn load(path: &Path) -> Result<Genesis, String> {
         let s =
             std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -116,7 +167,12 @@ impl Genesis {
         Ok(g)
     }
 
-    /// The verified form every node works with.
+    /// The verified form every node works with. Checks 1 to [`MAX_SIGS`]
+    /// valid ed25519 validator keys, a quorum of more than half of them,
+    /// non-empty state files that are multiples of 64 bytes, a checkpoint
+    /// interval of at least 1, and `txs_per_block` and `hot_percent` in
+    /// range ([`ChainError::Genesis`] otherwise); the chain id is the keyed
+    /// hash (context `statesync chain v1 genesis`) of the canonical JSON.
     pub fn spec(&self) -> Result<Spec, ChainError> {
         let bad = |s: &str| ChainError::Genesis(s.to_string());
         let mut keys = Vec::new();
@@ -155,15 +211,20 @@ pub struct Spec {
     /// Hash of the canonical genesis; the parent of block 1 and part of
     /// every header.
     pub id: Hash,
+    /// The genesis it was made from.
     pub genesis: Genesis,
+    /// The validators' public keys, by validator index.
     pub keys: Vec<VerifyingKey>,
 }
 
 impl Spec {
+    /// Signatures needed for finality.
     pub fn quorum(&self) -> usize {
         self.genesis.quorum as usize
     }
 
+    /// Whether a block at `height` commits a state root: `height` is a
+    /// positive multiple of `checkpoint_interval`.
     pub fn is_checkpoint(&self, height: u64) -> bool {
         height > 0 && height.is_multiple_of(self.genesis.checkpoint_interval)
     }
@@ -173,9 +234,10 @@ impl Spec {
         height - height % self.genesis.checkpoint_interval
     }
 
-    /// Checks everything a block says about itself: chain, transactions,
-    /// state-root placement and the quorum of signatures. Linkage to the
-    /// parent is the caller's (it needs the parent).
+    /// Checks everything a block says about itself: chain, height above 0,
+    /// transactions, state-root placement and the quorum of signatures
+    /// ([`Spec::verify_proof`]). Linkage to the parent is the caller's (it
+    /// needs the parent).
     pub fn verify(&self, b: &Block) -> Result<(), ChainError> {
         let h = &b.header;
         if h.chain != self.id {
@@ -196,6 +258,11 @@ impl Spec {
         self.verify_proof(h, &b.proof)
     }
 
+    /// Checks a finality proof for header `h`: indices strictly ascending
+    /// and naming validators ([`ChainError::Malformed`]), every signature
+    /// valid over `"statesync chain v1 vote" || header hash`
+    /// ([`ChainError::BadSignature`]), and at least the quorum of them
+    /// ([`ChainError::NoQuorum`]).
     pub fn verify_proof(&self, h: &Header, p: &FinalityProof) -> Result<(), ChainError> {
         let msg = vote_bytes(&h.hash());
         let mut last: Option<u16> = None;
@@ -230,6 +297,8 @@ impl Spec {
 
     /// The transactions the leader includes at `height`: deterministic
     /// from the chain id and the height (a load generator, not a mempool).
+    /// `txs_per_block` writes of 8 to 31 bytes; 99.9 % go to the first
+    /// `hot_percent` of the keyspace, the rest anywhere.
     pub fn gen_txs(&self, height: u64) -> Vec<Tx> {
         let g = &self.genesis;
         let slots = g.state_files as u64 * (g.file_size as u64 / 64);
@@ -258,8 +327,9 @@ impl Spec {
     }
 
     /// Produces block `height` on top of `parent` and signs it with `keys`
-    /// (validator index, key). The signatures must reach the quorum for the
-    /// block to be accepted by anyone.
+    /// (validator index, key), sorted by index with duplicate indices
+    /// dropped. The signatures must reach the quorum for the block to be
+    /// accepted by anyone; nothing is checked here.
     pub fn produce(
         &self,
         parent: Hash,
@@ -304,19 +374,25 @@ fn vote_bytes(header_hash: &Hash) -> Vec<u8> {
     m
 }
 
-/// A validator's signing key.
+/// A validator's ed25519 signing key.
 #[derive(Clone)]
 pub struct ValidatorKey(pub SigningKey);
 
 impl ValidatorKey {
+    /// The public key as 64 hex digits, as listed in
+    /// [`Genesis::validators`].
     pub fn public_hex(&self) -> String {
         Hash(self.0.verifying_key().to_bytes()).to_hex()
     }
 
+    /// The secret key as 64 hex digits: what a key file holds
+    /// ([`ValidatorKey::load`]).
     pub fn secret_hex(&self) -> String {
         Hash(self.0.to_bytes()).to_hex()
     }
 
+    /// Reads a key file: the secret key as 64 hex digits (surrounding
+    /// whitespace ignored). Errors are messages naming the file.
     pub fn load(path: &Path) -> Result<ValidatorKey, String> {
         let s =
             std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -330,15 +406,23 @@ impl ValidatorKey {
 /// after executing this block, on checkpoint heights only (else zero).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Chain id (the genesis hash, [`Spec::id`]).
     pub chain: Hash,
+    /// Height of the block, at least 1.
     pub height: u64,
+    /// Header hash of the parent block; the chain id for block 1.
     pub parent: Hash,
+    /// [`txs_root`] of the block's transactions.
     pub txs_root: Hash,
+    /// Manifest root of the checkpoint after this block on checkpoint
+    /// heights, else zero.
     pub state_root: Hash,
+    /// Production time, in milliseconds since the Unix epoch.
     pub time_ms: u64,
 }
 
 impl Header {
+    /// The 145-byte encoding (docs/chain.md), version [`HEADER_VERSION`].
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0] = HEADER_VERSION;
@@ -351,6 +435,9 @@ impl Header {
         b
     }
 
+    /// Decodes exactly [`HEADER_LEN`] bytes of version [`HEADER_VERSION`]
+    /// ([`ChainError::Malformed`] otherwise). The fields are not checked
+    /// here ([`Spec::verify`] does).
     pub fn decode(b: &[u8]) -> Result<Header, ChainError> {
         if b.len() != HEADER_LEN {
             return Err(malformed(
@@ -381,6 +468,9 @@ impl Header {
         })
     }
 
+    /// The header hash: keyed BLAKE3 (context `statesync chain v1 header`)
+    /// of the encoding. It names the block, links children to it and is
+    /// what validators sign.
     pub fn hash(&self) -> Hash {
         keyed("statesync chain v1 header", &self.encode())
     }
@@ -389,7 +479,10 @@ impl Header {
 /// One write: `value` into slot `key`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tx {
+    /// Slot index; a key beyond the keyspace is skipped on execution.
     pub key: u64,
+    /// Bytes stored in the slot (at most [`MAX_VALUE`]), as `len || value
+    /// || zero padding`.
     pub value: Vec<u8>,
 }
 
@@ -400,13 +493,20 @@ pub struct FinalityProof {
     pub sigs: Vec<(u16, [u8; 64])>,
 }
 
+/// A block: header, finality proof and transactions (encoding in
+/// docs/chain.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Block {
+    /// The header; its hash is the block's hash.
     pub header: Header,
+    /// The validators' signatures that make it final.
     pub proof: FinalityProof,
+    /// The transactions, executed in order.
     pub txs: Vec<Tx>,
 }
 
+/// Appends the body encoding `u32 count || (u64 key || u8 len || value)*`
+/// to `out`. Lengths are not checked (values must fit in a `u8` length).
 pub fn encode_txs(txs: &[Tx], out: &mut Vec<u8>) {
     out.extend_from_slice(&(txs.len() as u32).to_le_bytes());
     for t in txs {
@@ -416,6 +516,8 @@ pub fn encode_txs(txs: &[Tx], out: &mut Vec<u8>) {
     }
 }
 
+/// The txs root a header commits: keyed BLAKE3 (context
+/// `statesync chain v1 txs`) of the [`encode_txs`] encoding.
 pub fn txs_root(txs: &[Tx]) -> Hash {
     let mut b = Vec::with_capacity(4 + txs.len() * 40);
     encode_txs(txs, &mut b);
@@ -455,16 +557,19 @@ impl<'a> Cursor<'a> {
 }
 
 impl Block {
+    /// Its header's height.
     pub fn height(&self) -> u64 {
         self.header.height
     }
 
+    /// Its header's hash ([`Header::hash`]).
     pub fn hash(&self) -> Hash {
         self.header.hash()
     }
 
     /// header (145) || u16 signature count || (u16 index, 64-byte sig)* ||
-    /// u32 tx count || (u64 key, u8 len, value)*
+    /// u32 tx count || (u64 key, u8 len, value)*. Limits are not checked
+    /// here.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(
             HEADER_LEN + 2 + self.proof.sigs.len() * 66 + 4 + self.txs.len() * 40,
@@ -479,6 +584,11 @@ impl Block {
         b
     }
 
+    /// Decodes a block strictly ([`ChainError::Malformed`] otherwise): at
+    /// most [`MAX_BLOCK_BYTES`], [`MAX_SIGS`] signatures, [`MAX_TXS`]
+    /// transactions with values of at most [`MAX_VALUE`] bytes, no trailing
+    /// bytes. Signer order, signatures, chain and roots are checked by
+    /// [`Spec::verify`], not here.
     pub fn decode(b: &[u8]) -> Result<Block, ChainError> {
         if b.len() > MAX_BLOCK_BYTES {
             return Err(malformed(

@@ -23,33 +23,90 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Why a manifest could not be built (or a directory verified).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// The operation (`"stat"`, `"open"`, `"read"`, ...).
         op: &'static str,
+        /// The path it was applied to.
         path: PathBuf,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// The checkpoint path is not a directory (a symlink to one is refused
+    /// too).
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    /// The checkpoint holds a symlink.
     #[error("{path} is a symlink; a checkpoint may hold only regular files and directories")]
-    Symlink { path: PathBuf },
+    Symlink {
+        /// Filesystem path of the symlink.
+        path: PathBuf,
+    },
+    /// The checkpoint holds a device, FIFO or socket.
     #[error("{path} is a {kind}; a checkpoint may hold only regular files and directories")]
-    Special { path: PathBuf, kind: &'static str },
+    Special {
+        /// Filesystem path of the file.
+        path: PathBuf,
+        /// Its type: `"block device"`, `"character device"`, `"FIFO"`,
+        /// `"socket"` or `"special file"`.
+        kind: &'static str,
+    },
+    /// A file's path relative to the checkpoint cannot be a manifest path
+    /// (see [`crate::path`]).
     #[error("{path}: unusable path: {err}")]
-    BadPath { path: PathBuf, err: PathError },
+    BadPath {
+        /// Filesystem path of the file.
+        path: PathBuf,
+        /// The rule it breaks.
+        err: PathError,
+    },
+    /// A file was replaced, resized or modified (mtime or ctime moved), grew,
+    /// or read short while it was being hashed.
     #[error("{path} changed while it was being hashed ({what}); retry once writers are done")]
-    Changed { path: PathBuf, what: String },
+    Changed {
+        /// Filesystem path of the file.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
+    /// The exact change set ([`Hint::Exact`]) contradicts the directory: a
+    /// file listed as removed is present, a file is missing but not listed
+    /// as removed, a new file is not listed as written, or a file's size
+    /// changed but it is not listed as written.
     #[error("change set contradicts the directory at {path:?}: {reason}")]
-    ChangeSet { path: String, reason: String },
+    ChangeSet {
+        /// Manifest path of the file.
+        path: String,
+        /// Which contradiction.
+        reason: String,
+    },
+    /// An incremental build was asked for a chunk size other than the
+    /// previous manifest's.
     #[error("previous manifest has chunk size {prev}, this build uses {now}")]
-    ChunkSizeMismatch { prev: u32, now: u32 },
+    ChunkSizeMismatch {
+        /// Chunk size of the previous manifest.
+        prev: u32,
+        /// Chunk size of this build ([`BuildOptions::chunk_size`]).
+        now: u32,
+    },
+    /// A reused chunk picked for the sampled rehash no longer has the hash
+    /// the previous manifest gives it.
     #[error(
         "sampled rehash: {path:?} chunk at offset {offset} no longer matches the previous manifest; \
          the reused hashes cannot be trusted (state modified in place?)"
     )]
-    SampleMismatch { path: String, offset: u64 },
+    SampleMismatch {
+        /// Manifest path of the file.
+        path: String,
+        /// Byte offset of the chunk in the file.
+        offset: u64,
+    },
+    /// The chunk size is invalid, or the result breaks a manifest rule (for
+    /// example too many files or chunks).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }
@@ -74,14 +131,19 @@ pub struct Progress {
     pub done: AtomicU64,
 }
 
+/// Parameters of a build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
+    /// Chunk size in bytes: a power of two in [1 KiB, 64 MiB]. An incremental
+    /// build must use the previous manifest's.
     pub chunk_size: u32,
-    /// Fraction of reused chunks rehashed in an incremental build (0..=1).
+    /// Fraction of reused chunks rehashed in an incremental build (clamped to
+    /// 0..=1; ignored by a full build).
     pub sample_rate: f64,
     /// Height of the checkpoint; seeds the sampled rehash so that every node
     /// picks the same chunks.
     pub height: u64,
+    /// Counters updated while chunks are read and hashed, if any.
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -120,55 +182,83 @@ pub struct ChangeSet {
 
 /// What the previous checkpoint gives an incremental build.
 pub struct Previous<'a> {
+    /// Its manifest: the source of reused chunk hashes. Must have the build's
+    /// chunk size.
     pub manifest: &'a Manifest,
     /// Its directory, to recognise files hard-linked from it (same device and
-    /// inode at the same path).
+    /// inode at the same path). Used only with [`Hint::Auto`].
     pub dir: Option<&'a Path>,
-    /// Metadata recorded when its manifest was built.
+    /// Metadata recorded when its manifest was built ([`Built::stats`]).
+    /// Used only with [`Hint::Auto`].
     pub stats: Option<&'a StatCache>,
 }
 
+/// How an incremental build decides what it may reuse.
 pub enum Hint<'a> {
-    /// The application's exact change set.
+    /// The application's exact change set: a chunk is reused when the
+    /// previous manifest has it with the same length and no written range
+    /// overlaps it. Contradictions with the directory are
+    /// [`BuildError::ChangeSet`] errors.
     Exact(&'a ChangeSet),
-    /// Reuse files that are hard links of the previous checkpoint's or whose
-    /// (device, inode, size, mtime, ctime) are unchanged.
+    /// Reuse a file whole when its size equals the previous manifest's and it
+    /// is a hard link of the previous checkpoint's file at the same path
+    /// ([`Previous::dir`]) or its (device, inode, size, mtime, ctime) equal
+    /// a non-racy record in [`Previous::stats`]. Other files are hashed whole.
     Auto,
 }
 
 /// What a build did, for reports and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BuildReport {
+    /// Files in the manifest.
     pub files: u64,
+    /// Chunks in the manifest.
     pub chunks: u64,
+    /// Total size of the files, in bytes.
     pub bytes: u64,
+    /// Files reused whole from the previous manifest: not listed as written
+    /// in an exact change set, or matched by [`Hint::Auto`].
     pub files_reused: u64,
+    /// Chunks read and hashed, including sampled ones.
     pub chunks_hashed: u64,
+    /// Bytes read and hashed, including sampled chunks.
     pub bytes_hashed: u64,
+    /// Chunks whose hash was taken from the previous manifest, including
+    /// sampled ones.
     pub chunks_reused: u64,
+    /// Reused chunks re-read and checked by the sampled rehash.
     pub chunks_sampled: u64,
 }
 
+/// The result of a build.
 #[derive(Debug)]
 pub struct Built {
+    /// The manifest of the directory.
     pub manifest: Manifest,
-    /// Metadata of the files as hashed, for the next automatic build.
+    /// Metadata of the files as scanned, for the next automatic build.
     pub stats: StatCache,
+    /// What the build did.
     pub report: BuildReport,
 }
 
 /// A regular file found in a checkpoint directory.
 #[derive(Clone, Debug)]
 pub struct ScannedFile {
+    /// Manifest path, relative to the checkpoint directory.
     pub path: String,
+    /// Filesystem path: the checkpoint directory joined with the file's
+    /// relative path.
     pub abs: PathBuf,
+    /// Owner execute bit.
     pub executable: bool,
+    /// Metadata at scan time; the file must still match it when hashed.
     pub stat: FileStat,
 }
 
-/// Lists the regular files under `dir`, sorted by manifest path. Symlinks,
-/// devices, sockets and FIFOs are errors naming the path. Empty directories
-/// are not part of a checkpoint.
+/// Lists the regular files under `dir`, recursively, sorted by manifest path
+/// bytes. Symlinks, devices, sockets and FIFOs are errors naming the path.
+/// Empty directories are not part of a checkpoint. `dir` itself must be a
+/// directory, not a symlink to one.
 pub fn scan(dir: &Path) -> Result<Vec<ScannedFile>, BuildError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
     if !meta.is_dir() {
@@ -220,7 +310,9 @@ pub fn scan(dir: &Path) -> Result<Vec<ScannedFile>, BuildError> {
     Ok(out)
 }
 
-/// Full computation: every chunk of every file, in parallel over all cores.
+/// Full computation: every chunk of every file of `dir`, in parallel over
+/// all cores (nested over files and chunks). `opts.sample_rate` and
+/// `opts.height` are unused.
 pub fn build(dir: &Path, opts: &BuildOptions) -> Result<Built, BuildError> {
     check_chunk_size(opts.chunk_size)?;
     let recorded_ns = crate::stats::now_ns();
@@ -236,7 +328,11 @@ pub fn build(dir: &Path, opts: &BuildOptions) -> Result<Built, BuildError> {
     execute(files, plans, opts, recorded_ns, 0)
 }
 
-/// Incremental computation from the previous checkpoint.
+/// Incremental computation from the previous checkpoint: chunks are reused
+/// from `prev.manifest` as `hint` allows, everything else is read and
+/// hashed, and reused chunks picked by [`sample_selected`] are rehashed and
+/// compared ([`BuildError::SampleMismatch`]). The result is byte-identical
+/// to a full build of the same directory when the reused hashes are right.
 pub fn build_incremental(
     dir: &Path,
     opts: &BuildOptions,
@@ -373,7 +469,10 @@ fn unchanged_since_prev(f: &ScannedFile, prev: &Previous<'_>) -> bool {
         .is_some_and(|old| old.trustworthy_match(&f.stat))
 }
 
-/// True if chunk `index` is in the sample for `height`.
+/// True if chunk `index` (in the new manifest) is in the sample for
+/// `height`: the first 8 bytes of `H_sample(height || index)`, as a
+/// little-endian `u64`, are below `threshold` (`rate * 2^64`). Threshold 0
+/// selects nothing.
 pub fn sample_selected(height: u64, index: u64, threshold: u64) -> bool {
     if threshold == 0 {
         return false;

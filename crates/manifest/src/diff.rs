@@ -12,7 +12,9 @@ use std::path::Path;
 /// copied byte against the target's hashes.
 #[derive(Clone, Copy)]
 pub struct LocalSource<'a> {
+    /// The directory holding the source's files, laid out as its manifest says.
     pub dir: &'a Path,
+    /// Its manifest; its chunk size may differ from the target's.
     pub manifest: &'a Manifest,
     /// For a partial source (an unfinished sync of another root): only these
     /// chunk indices of its manifest are present, and no file is complete
@@ -40,23 +42,41 @@ pub enum ChunkAction {
     /// All zeros: write nothing (a sparse region or a zeroed range).
     Zero,
     /// Same bytes exist locally: copy from `source`'s file `file` at `offset`.
-    Copy { source: u32, file: u32, offset: u64 },
+    Copy {
+        /// Index of the source in the `sources` passed to [`plan`].
+        source: u32,
+        /// Index of the file in that source's manifest.
+        file: u32,
+        /// Byte offset of the chunk in that file.
+        offset: u64,
+    },
     /// Must come from the network.
     Fetch,
 }
 
-/// Byte and count totals of a plan.
+/// Byte and count totals of a plan. Linked, zero, copy and fetch bytes add up
+/// to `bytes`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PlanTotals {
+    /// Files in the target.
     pub files: u64,
+    /// Total size of the target's files, in bytes.
     pub bytes: u64,
+    /// Files hard-linked whole from a source.
     pub files_linked: u64,
+    /// Bytes in linked files.
     pub bytes_linked: u64,
+    /// Chunks that are all zeros ([`ChunkAction::Zero`]).
     pub chunks_zero: u64,
+    /// Bytes in zero chunks.
     pub bytes_zero: u64,
+    /// Chunks copied from a local source ([`ChunkAction::Copy`]).
     pub chunks_copy: u64,
+    /// Bytes in copied chunks.
     pub bytes_copy: u64,
+    /// Chunks to fetch from the network ([`ChunkAction::Fetch`]).
     pub chunks_fetch: u64,
+    /// Bytes in chunks to fetch.
     pub bytes_fetch: u64,
 }
 
@@ -65,16 +85,22 @@ pub struct PlanTotals {
 pub struct Link {
     /// Index of the target file.
     pub file: u32,
+    /// Index of the source in the `sources` passed to [`plan`].
     pub source: u32,
     /// Index of the identical file in the source's manifest.
     pub source_file: u32,
 }
 
+/// How to materialise a target manifest from local sources and the network;
+/// made by [`plan`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     /// One action per chunk of the target, by chunk index.
     pub chunks: Vec<ChunkAction>,
+    /// One entry per linked target file, in file order; their chunks are
+    /// [`ChunkAction::Linked`].
     pub links: Vec<Link>,
+    /// Counts and bytes per kind of action.
     pub totals: PlanTotals,
 }
 
@@ -91,10 +117,12 @@ impl Plan {
 
 /// Plans how to materialise `target` from `sources`.
 ///
-/// A file is linked when a source has a file with the same content hash and
-/// the same executable bit (a hard link shares the mode). Otherwise each chunk
-/// is zero (recognised by hash), copied from any local chunk with the same
-/// hash (preferring the same path), or fetched.
+/// A non-empty file is linked when a complete source has a file with the same
+/// content hash and the same executable bit (a hard link shares the mode).
+/// Otherwise each chunk is zero (recognised by hash), copied from any present
+/// local chunk with the same hash (preferring the same path and offset), or
+/// fetched. Empty files get no action. Among equal candidates the first
+/// source, then the first file or chunk, wins.
 pub fn plan(target: &Manifest, sources: &[LocalSource<'_>]) -> Plan {
     let mut by_file: HashMap<(Hash, bool), (u32, u32)> = HashMap::new();
     let mut by_chunk: HashMap<Hash, (u32, u32, u64)> = HashMap::new();

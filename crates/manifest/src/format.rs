@@ -7,116 +7,221 @@ use crate::merkle::{self, MerkleTree, ProofError};
 use crate::path::{self, PathError};
 use std::collections::HashSet;
 
+/// First 4 bytes of an encoded manifest and of a root header.
 pub const MAGIC: [u8; 4] = *b"SSMF";
+/// The format version this build writes and the only one it reads.
 pub const VERSION: u16 = 1;
+/// Default chunk size in bytes: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Smallest allowed chunk size in bytes: 1 KiB.
 pub const MIN_CHUNK_SIZE: u32 = 1 << 10;
+/// Largest allowed chunk size in bytes: 64 MiB.
 pub const MAX_CHUNK_SIZE: u32 = 1 << 26;
-/// Files in one manifest.
+/// Most files in one manifest (2^24).
 pub const MAX_FILES: u32 = 1 << 24;
-/// Chunks in one manifest (4 Gi chunks = 4 PiB at 1 MiB).
+/// Most chunks in one manifest (4 Gi chunks = 4 PiB at 1 MiB).
 pub const MAX_CHUNKS: u64 = 1 << 32;
-/// Fixed part of the encoding: magic, version, flags, chunk size, counts.
+/// Bytes in the fixed prefix of the encoding: magic, version, flags, chunk
+/// size, file count, chunk count.
 pub const PREFIX_LEN: usize = 24;
-/// Root header: the prefix followed by the two table roots.
+/// Bytes in the root header (88): the prefix followed by the two table roots.
 pub const ROOT_HEADER_LEN: usize = PREFIX_LEN + 64;
+/// Bytes in an encoded chunk entry: file, length, offset, hash.
 pub const CHUNK_ENTRY_LEN: usize = 48;
-/// Smallest encoded file entry (a one-byte path).
+/// Bytes in the smallest encoded file entry (a one-byte path); an entry is
+/// `43 + path_len` bytes.
 pub const MIN_FILE_ENTRY_LEN: usize = 2 + 1 + 8 + 1 + 32;
 /// A file-table piece is the node at this level: 1024 entries.
 pub const FILE_PIECE_LEVEL: u32 = 10;
 /// A chunk-table piece is the node at this level: 4096 entries (192 KiB).
 pub const CHUNK_PIECE_LEVEL: u32 = 12;
 
-/// One regular file of a checkpoint.
+/// One regular file of a checkpoint: an entry of the file table.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FileEntry {
     /// Normalised relative path (see [`crate::path`]).
     pub path: String,
+    /// Size in bytes; determines the file's chunks.
     pub size: u64,
+    /// Owner execute bit; encoded as the mode byte (0 = regular,
+    /// 1 = executable).
     pub executable: bool,
     /// [`crate::hash::file_hash`] of the content.
     pub hash: Hash,
 }
 
-/// One fixed-size piece of a file (the last one of a file may be shorter).
+/// One fixed-size piece of a file (the last one of a file may be shorter):
+/// an entry of the chunk table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ChunkEntry {
     /// Index into the file table.
     pub file: u32,
+    /// Byte offset in the file: `k * chunk_size` for the file's chunk `k`.
     pub offset: u64,
+    /// Length in bytes: `min(chunk_size, size - offset)`, never 0 in a valid
+    /// manifest.
     pub len: u32,
+    /// [`crate::hash::chunk_hash`] of the chunk's bytes.
     pub hash: Hash,
 }
 
 impl ChunkEntry {
-    /// True if this chunk is all zeros (recognised by its hash).
+    /// True if this chunk is all zeros, recognised by its hash
+    /// ([`crate::hash::zero_chunk_hash`] of its length).
     pub fn is_zero(&self) -> bool {
         self.hash == zero_chunk_hash(self.len)
     }
 }
 
-/// Everything wrong a manifest (encoded or in memory) can be.
+/// Everything wrong a manifest (encoded or in memory) can be. Decoding a
+/// root header or a [`crate::stats::StatCache`] reports its errors with the
+/// same type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
+    /// The input ends inside a field.
     #[error("manifest truncated: {what} needs {need} bytes at offset {at}, {have} left")]
     Truncated {
+        /// The field being read.
         what: &'static str,
+        /// Byte offset at which the field starts.
         at: usize,
+        /// Bytes the field needs.
         need: usize,
+        /// Bytes left in the input.
         have: usize,
     },
+    /// The first 4 bytes are not [`MAGIC`] (or, for a stat cache, its own
+    /// magic).
     #[error("not a manifest: bad magic bytes")]
     BadMagic,
+    /// The version field holds this value instead of [`VERSION`] (or the
+    /// stat cache's version).
     #[error("unsupported manifest version {0} (this build reads version {VERSION})")]
     UnsupportedVersion(u16),
+    /// The reserved flags field holds this non-zero value.
     #[error("reserved flags are {0:#06x}, must be 0")]
     Flags(u16),
+    /// This chunk size is not a power of two from [`MIN_CHUNK_SIZE`] to
+    /// [`MAX_CHUNK_SIZE`].
     #[error("chunk size {0} is not a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")]
     ChunkSize(u32),
+    /// More than [`MAX_FILES`] files.
     #[error("{count} files exceed the limit of {MAX_FILES}")]
-    TooManyFiles { count: u64 },
+    TooManyFiles {
+        /// Files claimed by the header or given.
+        count: u64,
+    },
+    /// More than [`MAX_CHUNKS`] chunks.
     #[error("{count} chunks exceed the limit of {MAX_CHUNKS}")]
-    TooManyChunks { count: u64 },
+    TooManyChunks {
+        /// Chunks claimed by the header, given, or implied by the file sizes
+        /// (counted up to the first file that crosses the limit).
+        count: u64,
+    },
+    /// A count from the header cannot fit in the bytes that remain, even at
+    /// the smallest entry size; detected before anything is allocated.
     #[error(
         "manifest truncated or corrupt: {count} {what} cannot fit in the {left} bytes that remain"
     )]
     CountTooLarge {
+        /// What is counted (`"file entries"`, `"chunk entries"`, ...).
         what: &'static str,
+        /// The claimed count.
         count: u64,
+        /// Bytes remaining when the count was checked.
         left: usize,
     },
+    /// A file entry's path bytes are not UTF-8.
     #[error("file entry {index}: path is not UTF-8")]
-    PathNotUtf8 { index: u32 },
+    PathNotUtf8 {
+        /// Index of the entry in the file table.
+        index: u32,
+    },
+    /// A file entry's path breaks a rule of [`crate::path`].
     #[error("file entry {index} ({path:?}): {err}")]
     BadPath {
+        /// Index of the entry in the file table.
         index: u32,
+        /// The offending path.
         path: String,
+        /// The rule it breaks.
         err: PathError,
     },
+    /// Two file entries have the same path.
     #[error("file {path:?} is listed twice")]
-    DuplicatePath { path: String },
+    DuplicatePath {
+        /// The repeated path.
+        path: String,
+    },
+    /// A path does not sort strictly after the previous one (by bytes).
     #[error("file {path:?} is out of order (paths must be sorted by bytes)")]
-    Unsorted { path: String },
+    Unsorted {
+        /// The out-of-order path.
+        path: String,
+    },
+    /// A file's path lies under another file's path, as if that file were a
+    /// directory.
     #[error("file {path:?} is under {parent:?}, which is a file")]
-    FileUnderFile { path: String, parent: String },
+    FileUnderFile {
+        /// The nested path.
+        path: String,
+        /// Its prefix that is itself listed as a file.
+        parent: String,
+    },
+    /// A file entry's mode byte is neither 0 nor 1.
     #[error("file {path:?}: mode byte {mode} (0 = regular, 1 = executable)")]
-    BadMode { path: String, mode: u8 },
+    BadMode {
+        /// Path of the entry.
+        path: String,
+        /// The mode byte found.
+        mode: u8,
+    },
+    /// A chunk entry's file, offset or length differs from what the file
+    /// sizes and the chunk size imply.
     #[error("chunk {index}: {reason}")]
-    BadChunk { index: u64, reason: String },
+    BadChunk {
+        /// Index in the chunk table.
+        index: u64,
+        /// The values found and the values expected.
+        reason: String,
+    },
+    /// The chunk table's length differs from the sum over files of
+    /// `ceil(size / chunk_size)`.
     #[error("chunk table has {got} chunks, file sizes need {want}")]
-    ChunkCount { got: u64, want: u64 },
+    ChunkCount {
+        /// Entries in the chunk table.
+        got: u64,
+        /// Chunks the file sizes require.
+        want: u64,
+    },
+    /// A file's hash is not [`crate::hash::file_hash`] of its size and its
+    /// chunks' hashes.
     #[error("file {path:?}: file hash does not match its chunk hashes")]
-    FileHash { path: String },
+    FileHash {
+        /// Path of the file.
+        path: String,
+    },
+    /// The sum of the file sizes does not fit in a `u64`.
     #[error("sum of file sizes overflows")]
     SizeOverflow,
+    /// This many bytes follow the end of the encoding.
     #[error("{0} trailing bytes after the chunk table")]
     Trailing(usize),
+    /// The decoded manifest's root is not the trusted one.
     #[error("manifest root is {got}, expected {want}")]
-    RootMismatch { got: Hash, want: Hash },
+    RootMismatch {
+        /// Root of the decoded manifest.
+        got: Hash,
+        /// The trusted root.
+        want: Hash,
+    },
 }
 
 /// A decoded, validated manifest with its Merkle trees.
+///
+/// Only [`Manifest::new`] creates one ([`Manifest::decode`] ends with it), so
+/// every value obeys all the rules of docs/manifest.md. Two manifests are equal when
+/// their root headers are, that is, when they have the same root.
 #[derive(Clone, Debug)]
 pub struct Manifest {
     chunk_size: u32,
@@ -136,11 +241,15 @@ impl PartialEq for Manifest {
 }
 impl Eq for Manifest {}
 
-/// Number of chunks a file of `size` bytes has.
+/// Number of chunks a file of `size` bytes has: `ceil(size / chunk_size)`, 0
+/// for an empty file. `chunk_size` must not be 0.
 pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
     size.div_ceil(u64::from(chunk_size))
 }
 
+/// Checks that `cs` is a valid chunk size: a power of two from
+/// [`MIN_CHUNK_SIZE`] to [`MAX_CHUNK_SIZE`] inclusive; otherwise
+/// [`ManifestError::ChunkSize`].
 pub fn check_chunk_size(cs: u32) -> Result<(), ManifestError> {
     if cs.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
         Ok(())
@@ -151,7 +260,9 @@ pub fn check_chunk_size(cs: u32) -> Result<(), ManifestError> {
 
 impl Manifest {
     /// Builds a manifest from its tables, checking every invariant that
-    /// decoding checks.
+    /// decoding checks (chunk size, limits, paths and their order, chunk
+    /// layout against the file sizes, file hashes), then computes both
+    /// Merkle trees. `files` must already be sorted by path bytes.
     pub fn new(
         chunk_size: u32,
         files: Vec<FileEntry>,
@@ -248,15 +359,20 @@ impl Manifest {
         }
     }
 
+    /// Chunk size in bytes.
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }
+    /// The file table, sorted by path bytes.
     pub fn files(&self) -> &[FileEntry] {
         &self.files
     }
+    /// The chunk table: the chunks of each file in file-table order, each
+    /// file's in offset order.
     pub fn chunks(&self) -> &[ChunkEntry] {
         &self.chunks
     }
+    /// The root header: the prefix fields and both table roots.
     pub fn header(&self) -> &RootHeader {
         &self.header
     }
@@ -264,25 +380,31 @@ impl Manifest {
     pub fn root(&self) -> Hash {
         self.header.root()
     }
+    /// Sum of the file sizes in bytes (cannot overflow: checked by
+    /// [`Manifest::new`]).
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
-    /// Index of file `i`'s first chunk.
+    /// Index in the chunk table of the first chunk of file `file`.
+    /// `file == files().len()` gives the chunk count; larger values panic.
     pub fn first_chunk(&self, file: usize) -> u64 {
         self.first_chunk[file]
     }
-    /// The chunks of file `i`.
+    /// The chunks of file `file`, in offset order (empty for an empty file).
+    /// Panics if `file` is not an index of the file table.
     pub fn file_chunks(&self, file: usize) -> &[ChunkEntry] {
         &self.chunks[self.first_chunk[file] as usize..self.first_chunk[file + 1] as usize]
     }
-    /// Index of the file at `path`.
+    /// Index in the file table of the file at `path` (binary search), or
+    /// `None` if it is not listed.
     pub fn find(&self, path: &str) -> Option<usize> {
         self.files
             .binary_search_by(|f| f.path.as_bytes().cmp(path.as_bytes()))
             .ok()
     }
 
-    /// Canonical encoding (docs/manifest.md).
+    /// Canonical encoding (docs/manifest.md): prefix, file table, chunk
+    /// table. [`Manifest::decode`] gives back an equal manifest.
     pub fn encode(&self) -> Vec<u8> {
         let paths: usize = self.files.iter().map(|f| f.path.len()).sum();
         let mut out = Vec::with_capacity(
@@ -302,7 +424,8 @@ impl Manifest {
     }
 
     /// Strict decoding: checks every length before allocating and every
-    /// invariant of [`Manifest::new`]. Never panics.
+    /// invariant of [`Manifest::new`]; trailing bytes are rejected, so only
+    /// canonical encodings are accepted. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let mut r = Reader { buf: bytes, at: 0 };
         let prefix = decode_prefix(&mut r)?;
@@ -336,7 +459,8 @@ impl Manifest {
         Manifest::new(prefix.chunk_size, files, chunks)
     }
 
-    /// Decodes and checks the result against a trusted root.
+    /// Decodes and checks the result against a trusted root
+    /// ([`ManifestError::RootMismatch`] if it differs).
     pub fn decode_verified(bytes: &[u8], root: &Hash) -> Result<Manifest, ManifestError> {
         let m = Manifest::decode(bytes)?;
         let got = m.root();
@@ -346,12 +470,16 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Proof that chunk `index` (its entry) belongs to this manifest.
+    /// Proof that chunk entry `index` belongs to this manifest: its sibling
+    /// hashes in the chunk tree, for [`RootHeader::verify_chunk_entry`].
+    /// `None` if there is no such chunk.
     pub fn chunk_proof(&self, index: u64) -> Option<Vec<Hash>> {
         self.chunk_tree.proof(0, index)
     }
 
-    /// Piece `j` of the file table: its entries and their proof.
+    /// Piece `j` of the file table (up to 1024 entries, see
+    /// [`FILE_PIECE_LEVEL`]): its entries and the proof of their node, for
+    /// [`RootHeader::verify_file_piece`]. `None` if there is no such piece.
     pub fn file_piece(&self, j: u64) -> Option<(&[FileEntry], Vec<Hash>)> {
         let (lo, hi) = piece_range(self.files.len() as u64, FILE_PIECE_LEVEL, j)?;
         let proof = self
@@ -360,7 +488,9 @@ impl Manifest {
         Some((&self.files[lo..hi], proof))
     }
 
-    /// Piece `j` of the chunk table: its entries and their proof.
+    /// Piece `j` of the chunk table (up to 4096 entries, see
+    /// [`CHUNK_PIECE_LEVEL`]): its entries and the proof of their node, for
+    /// [`RootHeader::verify_chunk_piece`]. `None` if there is no such piece.
     pub fn chunk_piece(&self, j: u64) -> Option<(&[ChunkEntry], Vec<Hash>)> {
         let (lo, hi) = piece_range(self.chunks.len() as u64, CHUNK_PIECE_LEVEL, j)?;
         let proof = self
@@ -381,7 +511,8 @@ pub fn piece_level(leaves: u64, level: u32) -> u32 {
     level.min(t)
 }
 
-/// Entry range `[lo, hi)` of piece `j` at `level` in a table of `n` entries.
+/// Entry range `[lo, hi)` of piece `j` at `level` in a table of `n` entries,
+/// or `None` if the piece starts past the end.
 pub fn piece_range(n: u64, level: u32, j: u64) -> Option<(usize, usize)> {
     let lo = j.checked_mul(1u64 << level)?;
     if lo >= n {
@@ -391,7 +522,8 @@ pub fn piece_range(n: u64, level: u32, j: u64) -> Option<(usize, usize)> {
     Some((lo as usize, hi as usize))
 }
 
-/// Number of pieces of a table of `n` entries at `level`.
+/// Number of pieces of a table of `n` entries at `level` (0 for an empty
+/// table).
 pub fn piece_count(n: u64, level: u32) -> u64 {
     n.div_ceil(1u64 << level)
 }
@@ -435,6 +567,9 @@ fn check_paths(files: &[FileEntry]) -> Result<(), ManifestError> {
     Ok(())
 }
 
+/// Appends the encoding of one file entry (`43 + path_len` bytes) to `out`.
+/// The path length is written as a `u16` without a check: `f.path` must be
+/// valid (at most [`MAX_PATH_LEN`](crate::path::MAX_PATH_LEN) bytes).
 pub fn encode_file_entry(f: &FileEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(&(f.path.len() as u16).to_le_bytes());
     out.extend_from_slice(f.path.as_bytes());
@@ -443,6 +578,7 @@ pub fn encode_file_entry(f: &FileEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(&f.hash.0);
 }
 
+/// Appends the 48-byte encoding of one chunk entry to `out`.
 pub fn encode_chunk_entry(c: &ChunkEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(&c.file.to_le_bytes());
     out.extend_from_slice(&c.len.to_le_bytes());
@@ -450,30 +586,38 @@ pub fn encode_chunk_entry(c: &ChunkEntry, out: &mut Vec<u8>) {
     out.extend_from_slice(&c.hash.0);
 }
 
-/// Leaf of the file-table tree.
+/// Leaf of the file-table tree: `H_file_leaf` of the encoded entry.
 pub fn file_leaf(f: &FileEntry) -> Hash {
     let mut buf = Vec::with_capacity(MIN_FILE_ENTRY_LEN + f.path.len());
     encode_file_entry(f, &mut buf);
     Domain::FileLeaf.hash(&buf)
 }
 
-/// Leaf of the chunk-table tree.
+/// Leaf of the chunk-table tree: `H_chunk_leaf` of the 48-byte encoded
+/// entry.
 pub fn chunk_leaf(c: &ChunkEntry) -> Hash {
     let mut buf = Vec::with_capacity(CHUNK_ENTRY_LEN);
     encode_chunk_entry(c, &mut buf);
     Domain::ChunkLeaf.hash(&buf)
 }
 
-/// A bounds-checked cursor over untrusted bytes.
+/// A bounds-checked cursor over untrusted bytes: every read checks what
+/// remains and fails with [`ManifestError::Truncated`], naming the field,
+/// instead of panicking. Integers are little-endian.
 pub struct Reader<'a> {
+    /// The whole input.
     pub buf: &'a [u8],
+    /// Offset of the next byte to read; must not exceed `buf.len()`.
     pub at: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// Bytes not yet read.
     pub fn left(&self) -> usize {
         self.buf.len() - self.at
     }
+    /// Takes the next `n` bytes; if fewer remain, fails with
+    /// [`ManifestError::Truncated`] naming `what` and does not move.
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ManifestError> {
         if self.left() < n {
             return Err(ManifestError::Truncated {
@@ -487,23 +631,29 @@ impl<'a> Reader<'a> {
         self.at += n;
         Ok(s)
     }
+    /// Takes the next `N` bytes as an array.
     pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ManifestError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, what)?);
         Ok(a)
     }
+    /// Reads one byte.
     pub fn u8(&mut self, what: &'static str) -> Result<u8, ManifestError> {
         Ok(self.array::<1>(what)?[0])
     }
+    /// Reads a little-endian `u16`.
     pub fn u16(&mut self, what: &'static str) -> Result<u16, ManifestError> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
+    /// Reads a little-endian `u32`.
     pub fn u32(&mut self, what: &'static str) -> Result<u32, ManifestError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
+    /// Reads a little-endian `u64`.
     pub fn u64(&mut self, what: &'static str) -> Result<u64, ManifestError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
+    /// Reads a 32-byte hash.
     pub fn hash(&mut self, what: &'static str) -> Result<Hash, ManifestError> {
         Ok(Hash(self.array(what)?))
     }
@@ -547,6 +697,7 @@ fn decode_prefix(r: &mut Reader<'_>) -> Result<Prefix, ManifestError> {
 }
 
 /// Decodes one file entry; checks the path and mode, not the order.
+/// `index` is the entry's position in the file table, used in errors.
 pub fn decode_file_entry(r: &mut Reader<'_>, index: u32) -> Result<FileEntry, ManifestError> {
     let len = r.u16("path length")? as usize;
     let raw = r.take(len, "path")?;
@@ -572,6 +723,9 @@ pub fn decode_file_entry(r: &mut Reader<'_>, index: u32) -> Result<FileEntry, Ma
     })
 }
 
+/// Decodes one 48-byte chunk entry. Checks nothing: the entry's consistency
+/// is checked by [`Manifest::new`], [`RootHeader::verify_chunk_piece`] or
+/// [`RootHeader::verify_chunk_entry`].
 pub fn decode_chunk_entry(r: &mut Reader<'_>) -> Result<ChunkEntry, ManifestError> {
     let file = r.u32("chunk file index")?;
     let len = r.u32("chunk length")?;
@@ -590,49 +744,103 @@ pub fn decode_chunk_entry(r: &mut Reader<'_>) -> Result<ChunkEntry, ManifestErro
 /// it against the trusted root, and can then check any piece or chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RootHeader {
+    /// Format version; always [`VERSION`] in a decoded header.
     pub version: u16,
+    /// Chunk size in bytes.
     pub chunk_size: u32,
+    /// Entries in the file table.
     pub file_count: u32,
+    /// Entries in the chunk table.
     pub chunk_count: u64,
+    /// Merkle root over [`file_leaf`] of every file entry
+    /// ([`Hash::ZERO`] if there are none).
     pub files_root: Hash,
+    /// Merkle root over [`chunk_leaf`] of every chunk entry
+    /// ([`Hash::ZERO`] if there are none).
     pub chunks_root: Hash,
 }
 
+/// Why a root header, a piece, a chunk entry or chunk data received on its
+/// own fails verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PieceError {
+    /// The root header does not decode, or does not hash to the trusted root.
     #[error("root header does not hash to the trusted root")]
     Header,
+    /// The piece index is past the end of its table.
     #[error("{what} piece {index} does not exist in this manifest")]
-    NoSuchPiece { what: &'static str, index: u64 },
+    NoSuchPiece {
+        /// Which table: `"file"` or `"chunk"`.
+        what: &'static str,
+        /// The piece index.
+        index: u64,
+    },
+    /// The piece has the wrong number of entries.
     #[error("{what} piece {index} has {got} entries, expected {want}")]
     EntryCount {
+        /// Which table: `"file"` or `"chunk"`.
         what: &'static str,
+        /// The piece index.
         index: u64,
+        /// Entries received.
         got: usize,
+        /// Entries the piece has according to the header.
         want: usize,
     },
+    /// A file entry of a file-table piece has an invalid path.
     #[error("file piece {index}: {err}")]
-    Entry { index: u64, err: ManifestError },
+    Entry {
+        /// The piece index.
+        index: u64,
+        /// The error; its entry index is the position in the whole table.
+        err: ManifestError,
+    },
+    /// An entry is invalid on its own (chunk file index, length or
+    /// alignment) or out of order within its piece (file paths).
     #[error("{what} piece {index}: entry {entry} is inconsistent: {reason}")]
     Inconsistent {
+        /// Which table: `"file"`, `"chunk"`, or `"chunk entry"` for
+        /// [`RootHeader::verify_chunk_entry`].
         what: &'static str,
+        /// The piece index, or the chunk index for a single chunk entry.
         index: u64,
+        /// Position of the entry within the piece (0 for a single entry).
         entry: usize,
+        /// What is wrong.
         reason: String,
     },
+    /// The proof does not lead from the piece or entry to the table root.
     #[error("{what} piece {index}: proof: {err}")]
     Proof {
+        /// Which table: `"file"`, `"chunk"`, or `"chunk entry"`.
         what: &'static str,
+        /// The piece index, or the chunk index for a single chunk entry.
         index: u64,
+        /// How the proof failed.
         err: ProofError,
     },
+    /// Chunk data has a different length than its entry.
     #[error("chunk {index}: data is {got} bytes, the entry says {want}")]
-    DataLength { index: u64, got: usize, want: u32 },
+    DataLength {
+        /// Index in the chunk table.
+        index: u64,
+        /// Bytes received.
+        got: usize,
+        /// Length in the entry.
+        want: u32,
+    },
+    /// Chunk data does not hash to its entry's hash.
     #[error("chunk {index}: data does not match its hash")]
-    DataHash { index: u64 },
+    DataHash {
+        /// Index in the chunk table.
+        index: u64,
+    },
 }
 
 impl RootHeader {
+    /// The 88-byte encoding: the 24-byte prefix (flags 0) followed by
+    /// `files_root` and `chunks_root`. Its first [`PREFIX_LEN`] bytes are
+    /// also the prefix of the manifest's encoding.
     pub fn encode(&self) -> [u8; ROOT_HEADER_LEN] {
         let mut b = [0u8; ROOT_HEADER_LEN];
         b[0..4].copy_from_slice(&MAGIC);
@@ -646,6 +854,8 @@ impl RootHeader {
         b
     }
 
+    /// Decodes exactly [`ROOT_HEADER_LEN`] bytes, checking the prefix rules
+    /// (magic, version, flags, chunk size, count limits).
     pub fn decode(bytes: &[u8]) -> Result<RootHeader, ManifestError> {
         let mut r = Reader { buf: bytes, at: 0 };
         let p = decode_prefix(&mut r)?;
@@ -664,7 +874,8 @@ impl RootHeader {
         })
     }
 
-    /// Decodes a root header and checks it against the trusted root.
+    /// Decodes a root header and checks it against the trusted root. A
+    /// decoding error is reported as [`PieceError::Header`] too.
     pub fn decode_verified(bytes: &[u8], root: &Hash) -> Result<RootHeader, PieceError> {
         let h = RootHeader::decode(bytes).map_err(|_| PieceError::Header)?;
         if h.root() != *root {
@@ -673,14 +884,19 @@ impl RootHeader {
         Ok(h)
     }
 
+    /// The manifest root: `H_root` of the 88-byte encoding.
     pub fn root(&self) -> Hash {
         Domain::Root.hash(&self.encode())
     }
 
+    /// Number of file-table pieces (1024 entries each, the last may be
+    /// shorter).
     pub fn file_piece_count(&self) -> u64 {
         piece_count(u64::from(self.file_count), FILE_PIECE_LEVEL)
     }
 
+    /// Number of chunk-table pieces (4096 entries each, the last may be
+    /// shorter).
     pub fn chunk_piece_count(&self) -> u64 {
         piece_count(self.chunk_count, CHUNK_PIECE_LEVEL)
     }
@@ -791,8 +1007,9 @@ impl RootHeader {
         Ok(())
     }
 
-    /// Checks one chunk entry against the root with its proof (logarithmic,
-    /// needs only this header).
+    /// Checks chunk entry `index` on its own against the root with its proof
+    /// (logarithmic, needs only this header): file index, length and
+    /// alignment, then the proof at level 0 of the chunk tree.
     pub fn verify_chunk_entry(
         &self,
         index: u64,
@@ -819,7 +1036,8 @@ impl RootHeader {
     }
 }
 
-/// Checks chunk data against its (already verified) entry.
+/// Checks chunk data against its (already verified) entry: its length, then
+/// its hash. `index` is the chunk's index, used in errors.
 pub fn verify_chunk_data(index: u64, entry: &ChunkEntry, data: &[u8]) -> Result<(), PieceError> {
     if data.len() != entry.len as usize {
         return Err(PieceError::DataLength {

@@ -9,17 +9,22 @@
 use std::fmt;
 use std::sync::LazyLock;
 
-/// A 32-byte BLAKE3 output.
+/// A 32-byte BLAKE3 output, normally keyed with one of the [`Domain`] keys.
+///
+/// Displays, debugs and serialises as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {
+    /// 32 zero bytes: the root of an empty Merkle tree.
     pub const ZERO: Hash = Hash([0u8; 32]);
 
+    /// The raw 32 bytes, as they appear in the encoding.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         let mut s = String::with_capacity(64);
         for b in self.0 {
@@ -29,7 +34,13 @@ impl Hash {
         s
     }
 
-    /// Parses 64 hexadecimal digits (either case).
+    /// Parses 64 hexadecimal digits (either case), ignoring surrounding
+    /// whitespace.
+    ///
+    /// # Errors
+    ///
+    /// [`HexError::Length`] if the trimmed input is not 64 bytes long,
+    /// [`HexError::Digit`] at the first byte that is not a hex digit.
     pub fn from_hex(s: &str) -> Result<Hash, HexError> {
         let b = s.trim().as_bytes();
         if b.len() != 64 {
@@ -56,10 +67,13 @@ fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
+/// Why a string is not a hex-encoded [`Hash`](struct@Hash).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HexError {
+    /// The input (after trimming whitespace) is this many bytes, not 64.
     #[error("a hash is 64 hex digits, got {0} characters")]
     Length(usize),
+    /// The byte at this index of the trimmed input is not a hex digit.
     #[error("not a hex digit at position {0}")]
     Digit(usize),
 }
@@ -105,11 +119,14 @@ pub enum Domain {
     Node,
     /// The manifest root: the encoded root header.
     Root,
-    /// Selection of reused chunks for the sampled rehash.
+    /// Selection of reused chunks for the sampled rehash:
+    /// `height:u64 || chunk_index:u64`. Local choice, not part of the root.
     Sample,
 }
 
 impl Domain {
+    /// The `blake3::derive_key` context string of this kind (part of the
+    /// format, see the table in docs/manifest.md).
     pub const fn context(self) -> &'static str {
         match self {
             Domain::Chunk => "statesync manifest v1 chunk",
@@ -122,6 +139,8 @@ impl Domain {
         }
     }
 
+    /// The 32-byte key, `blake3::derive_key(self.context(), b"")`, derived
+    /// once per process and cached.
     pub fn key(self) -> &'static [u8; 32] {
         static KEYS: LazyLock<[[u8; 32]; 7]> = LazyLock::new(|| {
             [
@@ -138,23 +157,26 @@ impl Domain {
         &KEYS[self as usize]
     }
 
+    /// An incremental keyed hasher for this domain, for input fed in pieces.
     pub fn hasher(self) -> blake3::Hasher {
         blake3::Hasher::new_keyed(self.key())
     }
 
+    /// Keyed hash of `data` in this domain: `H_d(data)`.
     pub fn hash(self, data: &[u8]) -> Hash {
         Hash(*blake3::keyed_hash(self.key(), data).as_bytes())
     }
 }
 
-/// Hash of one chunk's bytes.
+/// Hash of one chunk's bytes: `H_chunk(data)`.
 pub fn chunk_hash(data: &[u8]) -> Hash {
     Domain::Chunk.hash(data)
 }
 
 /// Hash of a whole file's content, from its size and its chunk hashes in
-/// order. It does not depend on the path or the mode, so identical files have
-/// identical file hashes wherever they sit.
+/// order: `H_file(size:u64 || chunk_hash_0 || ...)`. It does not depend on
+/// the path or the mode, so identical files have identical file hashes
+/// wherever they sit.
 pub fn file_hash<'a>(size: u64, chunks: impl IntoIterator<Item = &'a Hash>) -> Hash {
     let mut h = Domain::File.hasher();
     h.update(&size.to_le_bytes());
@@ -164,7 +186,7 @@ pub fn file_hash<'a>(size: u64, chunks: impl IntoIterator<Item = &'a Hash>) -> H
     Hash(*h.finalize().as_bytes())
 }
 
-/// Interior Merkle node.
+/// Interior Merkle node: `H_node(left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut buf = [0u8; 64];
     buf[..32].copy_from_slice(&left.0);
@@ -172,7 +194,9 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     Domain::Node.hash(&buf)
 }
 
-/// Hash of an all-zero chunk of `len` bytes. Cached for the common lengths.
+/// Hash of an all-zero chunk of `len` bytes, equal to
+/// `chunk_hash(&vec![0; len])` without allocating. Memoised per length (up to
+/// 4096 distinct lengths).
 pub fn zero_chunk_hash(len: u32) -> Hash {
     use std::collections::HashMap;
     use std::sync::Mutex;

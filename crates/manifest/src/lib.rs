@@ -9,6 +9,8 @@
 //!
 //! This crate does no async I/O and knows nothing about the network.
 
+#![warn(missing_docs)]
+
 pub mod build;
 pub mod diff;
 pub mod format;

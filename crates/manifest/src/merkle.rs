@@ -1,4 +1,6 @@
-//! Binary Merkle trees with promotion, and logarithmic proofs.
+//! Binary Merkle trees with promotion, and logarithmic proofs: building the
+//! file-table and chunk-table trees of a manifest, extracting proofs for any
+//! node, and checking them knowing only the leaf count.
 //!
 //! Level 0 holds the leaves. Each next level pairs neighbours left to right:
 //! `node(left, right)`; an odd node at the end of a level is promoted to the
@@ -13,18 +15,36 @@
 use crate::hash::{Hash, node_hash};
 use rayon::prelude::*;
 
-/// All levels of a tree, leaves first.
+/// All levels of a tree, leaves first. Keeps every level in memory
+/// (about twice the leaves' size) so proofs for any node are cheap.
 #[derive(Clone, Debug)]
 pub struct MerkleTree {
     levels: Vec<Vec<Hash>>,
 }
 
+/// Why a proof is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
+    /// The node to prove is outside the tree (or the tree is empty).
     #[error("node {index} at level {level} does not exist in a tree of {leaves} leaves")]
-    NoSuchNode { leaves: u64, level: u32, index: u64 },
+    NoSuchNode {
+        /// Leaves of the tree.
+        leaves: u64,
+        /// Level of the node (0 = leaves).
+        level: u32,
+        /// Index of the node within its level.
+        index: u64,
+    },
+    /// The proof has a different number of hashes than the tree shape needs
+    /// (see [`proof_len`]).
     #[error("proof has {got} hashes, the tree shape needs {want}")]
-    WrongLength { got: usize, want: usize },
+    WrongLength {
+        /// Hashes in the proof.
+        got: usize,
+        /// Hashes the shape requires.
+        want: usize,
+    },
+    /// The recomputed root differs from the expected one.
     #[error("proof does not lead to the expected root")]
     Mismatch,
 }
@@ -47,6 +67,8 @@ fn next_level(level: &[Hash]) -> Vec<Hash> {
 }
 
 impl MerkleTree {
+    /// Builds every level from the leaves (level 0), hashing large levels in
+    /// parallel.
     pub fn new(leaves: Vec<Hash>) -> MerkleTree {
         let mut levels = vec![leaves];
         while levels.last().is_some_and(|l| l.len() > 1) {
@@ -56,10 +78,13 @@ impl MerkleTree {
         MerkleTree { levels }
     }
 
+    /// Number of leaves.
     pub fn leaf_count(&self) -> u64 {
         self.levels[0].len() as u64
     }
 
+    /// The root: the single node of the top level, or [`Hash::ZERO`] for an
+    /// empty tree.
     pub fn root(&self) -> Hash {
         match self.levels.last() {
             Some(top) if top.len() == 1 => top[0],
@@ -79,7 +104,10 @@ impl MerkleTree {
             .copied()
     }
 
-    /// Sibling hashes from node (`level`, `index`) up to the root.
+    /// Sibling hashes from node (`level`, `index`) up to the root, bottom
+    /// first, skipping levels where the node is promoted; empty for the root
+    /// itself (index 0 at or above the top level). `None` if the node does not
+    /// exist. The verifier is [`verify_proof`].
     pub fn proof(&self, level: u32, index: u64) -> Option<Vec<Hash>> {
         let mut i = usize::try_from(index).ok()?;
         let mut out = Vec::new();
@@ -101,7 +129,8 @@ impl MerkleTree {
     }
 }
 
-/// Width of `level` in a tree of `leaves` leaves.
+/// Width of `level` in a tree of `leaves` leaves: `ceil(leaves / 2^level)`,
+/// so 1 (the root) at and above the top level, 0 for an empty tree.
 pub fn width(leaves: u64, level: u32) -> u64 {
     if level >= 64 {
         return u64::from(leaves > 0);
@@ -109,7 +138,9 @@ pub fn width(leaves: u64, level: u32) -> u64 {
     leaves.div_ceil(1u64 << level)
 }
 
-/// Number of sibling hashes a proof for node (`level`, `index`) must contain.
+/// Number of sibling hashes a proof for node (`level`, `index`) must contain,
+/// in a tree of `leaves` leaves; [`ProofError::NoSuchNode`] if there is no
+/// such node.
 pub fn proof_len(leaves: u64, level: u32, index: u64) -> Result<usize, ProofError> {
     let no_node = ProofError::NoSuchNode {
         leaves,
@@ -130,8 +161,9 @@ pub fn proof_len(leaves: u64, level: u32, index: u64) -> Result<usize, ProofErro
     Ok(n)
 }
 
-/// Recomputes the root from a node and its proof. Never panics, whatever the
-/// inputs.
+/// Recomputes the root of a tree of `leaves` leaves from node (`level`,
+/// `index`) with hash `node` and its proof. Fails if the node does not exist
+/// or the proof has the wrong length. Never panics, whatever the inputs.
 pub fn root_from_proof(
     leaves: u64,
     level: u32,

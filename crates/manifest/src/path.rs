@@ -1,44 +1,64 @@
-//! Normalised relative paths.
+//! Normalised relative paths: the rules every path in a manifest obeys
+//! (docs/manifest.md, "Paths"), and conversion to and from filesystem paths.
 //!
 //! A manifest path is UTF-8, uses `/` as the only separator, is relative, and
-//! every component is non-empty, not `.` or `..`, without NUL, at most
+//! every component is non-empty, not `.` or `..`, without NUL or `\`, at most
 //! [`MAX_COMPONENT_LEN`] bytes; the whole path is at most [`MAX_PATH_LEN`]
-//! bytes. Such a path can only name a file strictly inside the directory it is
-//! joined to (symlinks aside, which the writer refuses separately).
+//! bytes and [`MAX_DEPTH`] components. Such a path can only name a file
+//! strictly inside the directory it is joined to (symlinks aside, which the
+//! writer refuses separately).
 
 use std::path::{Path, PathBuf};
 
+/// Longest path, in bytes; also the largest `path_len` in a file entry.
 pub const MAX_PATH_LEN: usize = 4096;
+/// Longest path component, in bytes.
 pub const MAX_COMPONENT_LEN: usize = 255;
+/// Most components in one path.
 pub const MAX_DEPTH: usize = 64;
 
+/// Which path rule is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// The path is the empty string.
     #[error("empty path")]
     Empty,
+    /// The path is this many bytes, more than [`MAX_PATH_LEN`].
     #[error("path is {0} bytes, the limit is {MAX_PATH_LEN}")]
     TooLong(usize),
+    /// The path starts with `/` (or, from the filesystem, has a root or
+    /// prefix component).
     #[error("path is absolute")]
     Absolute,
+    /// The path has `//` or a trailing `/`.
     #[error("path has an empty component (`//` or a trailing `/`)")]
     EmptyComponent,
+    /// A component is `.`.
     #[error("path has a `.` component")]
     Dot,
+    /// A component is `..`.
     #[error("path has a `..` component")]
     DotDot,
+    /// The path contains a NUL byte.
     #[error("path contains a NUL byte")]
     Nul,
+    /// The path contains `\`, refused so that a path means the same on
+    /// every platform.
     #[error("path contains a backslash")]
     Backslash,
+    /// A component is this many bytes, more than [`MAX_COMPONENT_LEN`].
     #[error("a path component is {0} bytes, the limit is {MAX_COMPONENT_LEN}")]
     ComponentTooLong(usize),
+    /// The path has more than [`MAX_DEPTH`] components.
     #[error("path is more than {MAX_DEPTH} levels deep")]
     TooDeep,
+    /// A filesystem path component is not valid UTF-8 ([`from_fs`] only).
     #[error("path is not valid UTF-8")]
     NotUtf8,
 }
 
-/// Checks that `p` is a normalised relative path as defined above.
+/// Checks that `p` is a normalised relative path as defined above, returning
+/// the first rule it breaks.
 pub fn validate(p: &str) -> Result<(), PathError> {
     if p.is_empty() {
         return Err(PathError::Empty);
@@ -74,8 +94,9 @@ pub fn validate(p: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Joins a validated manifest path to `root`. The result is always strictly
-/// inside `root`.
+/// Joins a manifest path to `root`, one component at a time. When `rel` has
+/// passed [`validate`], the result is always strictly inside `root`; nothing
+/// is checked here.
 pub fn join(root: &Path, rel: &str) -> PathBuf {
     let mut out = root.to_path_buf();
     for c in rel.split('/') {
@@ -84,7 +105,14 @@ pub fn join(root: &Path, rel: &str) -> PathBuf {
     out
 }
 
-/// Converts a path relative to a checkpoint directory into manifest form.
+/// Converts a path relative to a checkpoint directory into manifest form
+/// (components joined with `/`), then [`validate`]s it.
+///
+/// # Errors
+///
+/// [`PathError::NotUtf8`] for a non-UTF-8 component, [`PathError::Dot`],
+/// [`PathError::DotDot`] or [`PathError::Absolute`] for `.`, `..` or a
+/// root/prefix component, or any error of [`validate`].
 pub fn from_fs(rel: &Path) -> Result<String, PathError> {
     let mut parts = Vec::new();
     for c in rel.components() {

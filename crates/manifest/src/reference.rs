@@ -8,7 +8,8 @@ use crate::hash::{chunk_hash, file_hash};
 /// One file of an in-memory tree: path, content, executable bit.
 pub type TreeFile = (String, Vec<u8>, bool);
 
-/// The manifest of an in-memory tree. `files` need not be sorted.
+/// The manifest of an in-memory tree. `files` need not be sorted; duplicate
+/// or invalid paths are [`Manifest::new`]'s errors.
 pub fn manifest_of_tree(chunk_size: u32, files: &[TreeFile]) -> Result<Manifest, ManifestError> {
     let mut sorted: Vec<&TreeFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -36,7 +37,9 @@ pub fn manifest_of_tree(chunk_size: u32, files: &[TreeFile]) -> Result<Manifest,
     Manifest::new(chunk_size, entries, chunks)
 }
 
-/// Reads a directory into an in-memory tree, recursively (regular files only).
+/// Reads a directory into an in-memory tree, recursively. Only regular files
+/// are read; symlinks and special files are skipped silently (unlike
+/// [`crate::build::scan`], which refuses them).
 pub fn read_tree(dir: &std::path::Path) -> std::io::Result<Vec<TreeFile>> {
     use std::os::unix::fs::PermissionsExt;
     fn walk(

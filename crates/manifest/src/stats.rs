@@ -8,17 +8,25 @@ use crate::format::{ManifestError, Reader};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
-/// Identity and change markers of one file.
+/// Identity and change markers of one file. Two stats are equal when the
+/// file is, as far as metadata can tell, the same and unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStat {
+    /// Device number (`st_dev`).
     pub dev: u64,
+    /// Inode number (`st_ino`).
     pub ino: u64,
+    /// Size in bytes.
     pub size: u64,
+    /// Last modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+    /// Last status change time, nanoseconds since the Unix epoch.
     pub ctime_ns: i64,
 }
 
 impl FileStat {
+    /// Extracts the stat from file metadata (timestamps saturate rather than
+    /// overflow).
     pub fn of(md: &std::fs::Metadata) -> FileStat {
         FileStat {
             dev: md.dev(),
@@ -35,7 +43,8 @@ impl FileStat {
         }
     }
 
-    /// Names what differs between two stats, for error messages.
+    /// Names what differs from `self` to `now` (identity, size, mtime,
+    /// ctime), comma-separated, for error messages; empty if nothing does.
     pub fn describe_change(&self, now: &FileStat) -> String {
         let mut what = Vec::new();
         if (self.dev, self.ino) != (now.dev, now.ino) {
@@ -54,7 +63,8 @@ impl FileStat {
     }
 }
 
-/// Current wall-clock time in nanoseconds since the epoch.
+/// Current wall-clock time in nanoseconds since the Unix epoch (0 if the
+/// clock is before the epoch).
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -67,10 +77,13 @@ pub fn now_ns() -> i64 {
 /// moving ("racy" entries, as git calls them); such entries are never trusted.
 pub const RACY_WINDOW_NS: i64 = 1_000_000_000;
 
-/// Metadata of every file of a checkpoint, as of its manifest build.
+/// Metadata of every file of a checkpoint, as of its manifest build, keyed
+/// by manifest path. Callers persist it between builds with
+/// [`StatCache::encode`] and [`StatCache::decode`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatCache {
-    /// When the scan started.
+    /// When the scan started, nanoseconds since the Unix epoch; entries
+    /// changed within [`RACY_WINDOW_NS`] before it are not trusted.
     pub recorded_ns: i64,
     entries: HashMap<String, FileStat>,
 }
@@ -79,6 +92,7 @@ const MAGIC: [u8; 4] = *b"SSSC";
 const VERSION: u16 = 1;
 
 impl StatCache {
+    /// An empty cache recorded at `recorded_ns`.
     pub fn new(recorded_ns: i64) -> StatCache {
         StatCache {
             recorded_ns,
@@ -86,10 +100,14 @@ impl StatCache {
         }
     }
 
+    /// Records the stat of the file at manifest path `path`, replacing any
+    /// previous one.
     pub fn insert(&mut self, path: String, st: FileStat) {
         self.entries.insert(path, st);
     }
 
+    /// The recorded stat of the file at `path`, with the recording time needed
+    /// to judge it.
     pub fn get(&self, path: &str) -> Option<CachedStat<'_>> {
         self.entries.get(path).map(|st| CachedStat {
             st,
@@ -97,14 +115,21 @@ impl StatCache {
         })
     }
 
+    /// Number of files recorded.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True if no file is recorded.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Deterministic encoding: magic `SSSC`, version `u16`, `recorded_ns`
+    /// `i64`, entry count `u32`, then per path in sorted order `path_len:u16
+    /// || path || dev:u64 || ino:u64 || size:u64 || mtime_ns:i64 ||
+    /// ctime_ns:i64`, all little-endian. Local bookkeeping, not part of the
+    /// manifest format.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(18 + self.entries.len() * 64);
         out.extend_from_slice(&MAGIC);
@@ -126,6 +151,9 @@ impl StatCache {
         out
     }
 
+    /// Decodes [`StatCache::encode`]'s output strictly (bounded, no trailing
+    /// bytes), reporting problems as [`ManifestError`]s. Paths are not
+    /// validated.
     pub fn decode(bytes: &[u8]) -> Result<StatCache, ManifestError> {
         let mut r = Reader { buf: bytes, at: 0 };
         if r.array::<4>("stat cache magic")? != MAGIC {
@@ -171,15 +199,22 @@ impl StatCache {
 
 /// A cached stat with the time its cache was recorded.
 pub struct CachedStat<'a> {
+    /// The recorded stat.
     pub st: &'a FileStat,
     recorded_ns: i64,
 }
 
 impl CachedStat<'_> {
-    /// True if `now` is the same file, unchanged, and the cached entry was not
-    /// racy when recorded.
+    /// True if `now` is the same file, unchanged (equal stats), and the cached
+    /// entry was not racy when recorded: its later of mtime and ctime is at
+    /// least [`RACY_WINDOW_NS`] before the recording time.
     pub fn trustworthy_match(&self, now: &FileStat) -> bool {
-        let racy = self.st.mtime_ns.max(self.st.ctime_ns) + RACY_WINDOW_NS > self.recorded_ns;
+        let racy = self
+            .st
+            .mtime_ns
+            .max(self.st.ctime_ns)
+            .saturating_add(RACY_WINDOW_NS)
+            > self.recorded_ns;
         !racy && self.st == now
     }
 }

@@ -1,4 +1,5 @@
-//! Checking a directory against a manifest, reporting exactly what differs.
+//! Checking a directory against a manifest, reporting exactly what differs:
+//! missing and extra files, size and mode mismatches, and corrupt chunks.
 
 use crate::build::{BuildError, Progress, ScannedFile, hash_chunks, scan};
 use crate::format::Manifest;
@@ -6,39 +7,59 @@ use rayon::prelude::*;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+/// What a verification found. Path lists hold manifest paths, in path order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
-    /// True if the directory holds exactly the manifest's files and bytes.
+    /// True if every other list is empty: the directory holds exactly the
+    /// manifest's files and modes, and every chunk that was hashed matches.
     pub ok: bool,
+    /// Files present with the expected size, whose chunks were eligible for
+    /// hashing.
     pub files_checked: u64,
+    /// Total size of those files, in bytes (with [`verify_dir_filtered`],
+    /// more than was actually hashed).
     pub bytes_checked: u64,
     /// In the manifest, not in the directory.
     pub missing: Vec<String>,
     /// In the directory, not in the manifest.
     pub extra: Vec<String>,
+    /// Present with a different size (their chunks are not hashed).
     pub size_mismatch: Vec<SizeMismatch>,
     /// Executable bit differs.
     pub mode_mismatch: Vec<String>,
+    /// Chunks whose bytes do not hash to the manifest's chunk hash.
     pub corrupt: Vec<CorruptChunk>,
 }
 
+/// A file whose size differs from the manifest's.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SizeMismatch {
+    /// Manifest path.
     pub path: String,
+    /// Size in the manifest, in bytes.
     pub expected: u64,
+    /// Size on disk, in bytes.
     pub actual: u64,
 }
 
+/// A chunk whose bytes on disk do not match the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CorruptChunk {
+    /// Manifest path of its file.
     pub path: String,
     /// Index in the manifest's chunk table.
     pub chunk: u64,
+    /// Byte offset in the file.
     pub offset: u64,
+    /// Length in bytes.
     pub len: u32,
 }
 
 /// Verifies `dir` against `manifest`, hashing every chunk in parallel.
+///
+/// Differences are reported in the [`VerifyReport`]; an `Err` means the
+/// directory could not be checked: it holds a symlink or special file, a
+/// file changed while hashed, or I/O failed.
 pub fn verify_dir(
     dir: &Path,
     manifest: &Manifest,

@@ -20,7 +20,6 @@ use crate::fetch_driver::FetchDriver;
 use crate::p2p::{FetchJob, FetchSummary, LoopMsg, NodeCfg};
 use crate::serve::{ServeLimits, Server};
 use crate::session;
-use crate::ui;
 use statesync_chain::blockstore::BlockStore;
 use statesync_chain::replica::{ImportReport, OpenReport};
 use statesync_chain::{Block, Genesis, ImportError, Replica, Spec, ValidatorKey};
@@ -1239,7 +1238,7 @@ impl ChainNode {
             let kept = ctx.fetch.as_ref().map(|f| f.bytes_fetched()).unwrap_or(0);
             self.event(&format!(
                 "switching state sync {cur} -> {height} (a newer checkpoint; {} fetched so far is kept)",
-                ui::bytes(kept)
+                crate::bytes(kept)
             ));
             if let Some(f) = ctx.fetch.as_mut() {
                 f.stop();
@@ -1326,8 +1325,8 @@ impl ChainNode {
         }
         self.event(&format!(
             "state sync of checkpoint {height} done: fetched {}, reused {} locally, {:.1}s",
-            ui::bytes(summary.bytes_fetched),
-            ui::bytes(summary.local.reused()),
+            crate::bytes(summary.bytes_fetched),
+            crate::bytes(summary.local.reused()),
             summary.seconds
         ));
         let manifest = match std::fs::read(session::manifest_path_for(&summary.out))

@@ -7,7 +7,6 @@
 
 use crate::p2p::{FetchJob, FetchSummary, LoopMsg, PeerReport, Pending};
 use crate::session::{self, LocalReport, Staging, Writer};
-use crate::ui;
 use statesync_engine::fetch::{
     Action, Ask, Config as FetchConfig, Failure, Fetch, PeerState, Progress,
 };
@@ -290,7 +289,7 @@ impl FetchDriver {
         self.log(format!(
             "manifest verified: {} files, {}; planning local reuse",
             m.files().len(),
-            ui::bytes(m.total_size())
+            crate::bytes(m.total_size())
         ));
         let seeds = self.job.seeds.clone();
         let data = self.data.clone();
@@ -463,18 +462,18 @@ impl FetchDriver {
                 self.log(format!(
                     "local reuse: {} files linked ({}), {} zero chunks, {} chunks from an earlier run{}; {} chunks ({}) to copy locally while {} chunks ({}) are fetched",
                     rep.files_linked,
-                    ui::bytes(rep.bytes_linked),
+                    crate::bytes(rep.bytes_linked),
                     rep.chunks_zero,
                     rep.chunks_resumed,
                     if rep.chunks_kept > 0 {
-                        format!(", {} kept in place ({})", rep.chunks_kept, ui::bytes(rep.bytes_kept))
+                        format!(", {} kept in place ({})", rep.chunks_kept, crate::bytes(rep.bytes_kept))
                     } else {
                         String::new()
                     },
                     copy_chunks,
-                    ui::bytes(copy_bytes),
+                    crate::bytes(copy_bytes),
                     need.len(),
-                    ui::bytes(fetch_bytes),
+                    crate::bytes(fetch_bytes),
                 ));
                 self.summary.local = rep;
                 self.fetch.set_needed(need, now);
@@ -488,9 +487,9 @@ impl FetchDriver {
                     self.log(format!(
                         "local copies done: {} chunks ({}{}){}",
                         rep.chunks_copied,
-                        ui::bytes(rep.bytes_copied),
+                        crate::bytes(rep.bytes_copied),
                         if rep.bytes_cloned > 0 {
-                            format!(", {} of it cloned", ui::bytes(rep.bytes_cloned))
+                            format!(", {} of it cloned", crate::bytes(rep.bytes_cloned))
                         } else {
                             String::new()
                         },
@@ -644,11 +643,11 @@ impl FetchDriver {
             let secs = self.start.elapsed().as_secs_f64();
             eprintln!(
                 "{label}: {}/{} ({:.0}%), {} chunks, {}, {} peers usable, {} requests",
-                ui::bytes(p.bytes_done),
-                ui::bytes(p.bytes_needed),
+                crate::bytes(p.bytes_done),
+                crate::bytes(p.bytes_needed),
                 100.0 * p.bytes_done as f64 / p.bytes_needed.max(1) as f64,
                 p.chunks_done,
-                ui::rate(p.bytes_done, secs),
+                crate::rate(p.bytes_done, secs),
                 self.fetch.usable_peers(),
                 p.requests_sent
             );

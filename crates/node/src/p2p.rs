@@ -7,7 +7,6 @@ use crate::chain_node::{ChainMsg, ChainNode, ChainSetup, Ctx};
 use crate::fetch_driver::{FetchDriver, FetchMsg};
 use crate::serve::{ServeLimits, Server};
 use crate::session::LocalReport;
-use crate::ui;
 use futures::StreamExt;
 use statesync_engine::peers::{PeerAction, PeerManager, PeerManagerConfig};
 use statesync_manifest::format::Manifest;
@@ -640,19 +639,22 @@ pub async fn run(
 
 fn print_summary(cfg: &NodeCfg, summary: &FetchSummary) {
     if cfg.json {
-        ui::print_json(summary);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(summary).unwrap_or_default()
+        );
     } else {
         println!(
             "synced {} into {}: {} files, {}; fetched {} from {} peers, reused {} locally; {:.1}s ({})",
             summary.root,
             summary.out.display(),
             summary.files,
-            ui::bytes(summary.bytes),
-            ui::bytes(summary.bytes_fetched),
+            crate::bytes(summary.bytes),
+            crate::bytes(summary.bytes_fetched),
             summary.peers_used,
-            ui::bytes(summary.local.reused()),
+            crate::bytes(summary.local.reused()),
             summary.seconds,
-            ui::rate(summary.bytes_fetched, summary.seconds)
+            crate::rate(summary.bytes_fetched, summary.seconds)
         );
         for b in &summary.peers_banned {
             println!("  banned {b}");

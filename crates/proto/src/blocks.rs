@@ -2,15 +2,25 @@
 //! Blocks travel as opaque encoded bytes (the chain crate decodes and
 //! verifies them); this module bounds their number and size. Byte layout in
 //! docs/protocol.md ("Blocks protocol").
+//!
+//! This module owns the blocks protocol's messages ([`BlockRequest`],
+//! [`BlockResponse`], [`Status`]) and limits. Framing is the same as the
+//! state protocol's ([`crate::frame`], [`crate::check_frame_len`]).
 
 use crate::ProtoError;
 
+/// Protocol name of the blocks protocol (one request per stream).
 pub const BLOCKS_PROTOCOL: &str = "/statesync/blocks/1";
+/// Largest encoded blocks request in bytes (4 MiB, room for a pushed
+/// block): the frame limit, checked by the network layer, not by
+/// [`BlockRequest::decode`].
 pub const MAX_BLOCKS_REQUEST_LEN: usize = 4 * 1024 * 1024;
+/// Largest encoded blocks response in bytes (16 MiB): the frame limit,
+/// checked by the network layer, not by [`BlockResponse::decode`].
 pub const MAX_BLOCKS_RESPONSE_LEN: usize = 16 * 1024 * 1024;
 /// Most blocks asked or answered at once.
 pub const MAX_BLOCKS_PER_REQUEST: u32 = 256;
-/// Largest single encoded block on the wire.
+/// Largest single encoded block on the wire, in bytes (2 MiB).
 pub const MAX_BLOCK_LEN: usize = 2 * 1024 * 1024;
 
 mod tag {
@@ -24,16 +34,24 @@ mod tag {
     pub const NOT_FOUND: u8 = 0xe1;
 }
 
+/// A request of the blocks protocol (tags `0x10`-`0x12` in
+/// docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockRequest {
+    /// The peer's [`Status`] (`0x10`).
     GetStatus,
-    /// Blocks `start..start+count`, ascending.
+    /// Blocks `start..start+count`, ascending (`0x11`).
     GetBlocks {
+        /// Height of the first block.
         start: u64,
+        /// How many blocks, 1 to [`MAX_BLOCKS_PER_REQUEST`].
         count: u32,
     },
-    /// A new final block (pushed by whoever imported or produced it).
+    /// A new final block (pushed by whoever imported or produced it)
+    /// (`0x12`); answered with [`BlockResponse::Ack`] whatever it holds.
     NewBlock {
+        /// The encoded block (docs/chain.md), at most [`MAX_BLOCK_LEN`]
+        /// bytes; not decoded here.
         block: Vec<u8>,
     },
 }
@@ -41,8 +59,9 @@ pub enum BlockRequest {
 /// A node's view of its chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Status {
-    /// Highest executed block and its hash.
+    /// Height of the highest executed block.
     pub head: u64,
+    /// Header hash of that block.
     pub head_hash: [u8; 32],
     /// Lowest block it can serve (its backfill pointer).
     pub low: u64,
@@ -50,18 +69,28 @@ pub struct Status {
     pub checkpoint: u64,
 }
 
+/// A response of the blocks protocol (tags `0x90`-`0x92`, `0xE0`, `0xE1` in
+/// docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockResponse {
+    /// Answer to `GetStatus` (`0x90`).
     Status(Status),
-    /// Consecutive blocks from the requested start; fewer than asked when
-    /// the server has fewer (or hit the byte budget); empty if it has none.
+    /// Consecutive blocks from the requested start (`0x91`); fewer than
+    /// asked when the server has fewer (or hit the byte budget); empty if it
+    /// has none.
     Blocks {
+        /// Encoded blocks, at most [`MAX_BLOCKS_PER_REQUEST`], each at most
+        /// [`MAX_BLOCK_LEN`] bytes; not decoded here.
         blocks: Vec<Vec<u8>>,
     },
+    /// Answer to `NewBlock`, whatever the block (`0x92`).
     Ack,
+    /// Rate or concurrency limit hit (`0xE0`).
     Busy {
+        /// How long to back off this peer, in milliseconds.
         retry_after_ms: u32,
     },
+    /// The requested start is outside the blocks the server holds (`0xE1`).
     NotFound,
 }
 
@@ -101,6 +130,8 @@ fn exact(b: &[u8], len: usize) -> Result<(), ProtoError> {
 }
 
 impl BlockRequest {
+    /// Encodes as `tag || fields`, without the frame length prefix. Limits
+    /// are not checked here (only on decode).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -119,6 +150,9 @@ impl BlockRequest {
         out
     }
 
+    /// Decodes a request (without the frame prefix). Checks a block count of
+    /// 1 to [`MAX_BLOCKS_PER_REQUEST`], a pushed block of at most
+    /// [`MAX_BLOCK_LEN`] bytes, and the exact length.
     pub fn decode(b: &[u8]) -> Result<BlockRequest, ProtoError> {
         let (&t, _) = b.split_first().ok_or(ProtoError::Empty)?;
         match t {
@@ -159,6 +193,8 @@ impl BlockRequest {
 }
 
 impl BlockResponse {
+    /// Encodes as `tag || fields`, without the frame length prefix. Limits
+    /// are not checked here (only on decode).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -187,6 +223,9 @@ impl BlockResponse {
         out
     }
 
+    /// Decodes a response (without the frame prefix). Checks at most
+    /// [`MAX_BLOCKS_PER_REQUEST`] blocks of at most [`MAX_BLOCK_LEN`] bytes
+    /// each, and the exact length.
     pub fn decode(b: &[u8]) -> Result<BlockResponse, ProtoError> {
         let (&t, _) = b.split_first().ok_or(ProtoError::Empty)?;
         match t {

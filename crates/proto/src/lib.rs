@@ -1,7 +1,15 @@
 //! Wire messages of the state sync protocol, their canonical encoding and
 //! strictly bounded decoding. No async, no I/O: the network layer frames these
 //! bytes on streams. The byte layout is specified in docs/protocol.md and
-//! pinned by golden tests.
+//! pinned by golden tests (`tests/wire.rs`).
+//!
+//! This module owns the `/statesync/state/1` messages ([`Request`],
+//! [`Response`]), the advert body and its signed form ([`Advert`],
+//! [`SignedAdvert`]), the decode limits, and the length-prefix framing
+//! helpers ([`frame`], [`check_frame_len`]). The blocks protocol is in
+//! [`blocks`].
+
+#![warn(missing_docs)]
 
 pub mod blocks;
 
@@ -18,105 +26,186 @@ pub use bytes::Bytes;
 
 /// Protocol name for requests and responses (one request per stream).
 pub const PROTOCOL: &str = "/statesync/state/1";
-/// Largest encoded request.
+/// Largest encoded request in bytes (16 KiB): the frame limit for requests,
+/// also checked by [`Request::decode`].
 pub const MAX_REQUEST_LEN: usize = 16 * 1024;
-/// Largest encoded response.
+/// Largest encoded response in bytes (17 MiB: a full chunk batch plus its
+/// headers), also checked by [`Response::decode`].
 pub const MAX_RESPONSE_LEN: usize = 17 * 1024 * 1024;
-/// Most chunk indices in one request.
+/// Most chunks in one `GetChunks` request or `Chunks` response.
 pub const MAX_BATCH_CHUNKS: usize = 1024;
-/// Most chunk bytes in one response: a server stops adding chunks before this.
+/// Most chunk data bytes in one `Chunks` response (16 MiB): a server stops
+/// adding chunks before this.
 pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Most checkpoints in one advert.
 pub const MAX_ADVERT_ENTRIES: usize = 64;
-/// Longest proof (levels of a tree of at most 2^32 leaves).
+/// Most hashes in a piece's Merkle proof, checked on decode before
+/// allocating; a generous bound (a manifest has at most 2^32 chunks, so real
+/// proofs have at most 32).
 pub const MAX_PROOF_LEN: usize = 64;
 /// Most entries in a manifest piece (the chunk piece size; file pieces are smaller).
 pub const MAX_PIECE_ENTRIES: usize = 4096;
-/// Longest human-readable reason.
+/// Longest `Refused` reason in bytes; [`Response::encode`] truncates longer
+/// ones at a character boundary.
 pub const MAX_REASON_LEN: usize = 1024;
 
+/// Why bytes are not a valid message (or frame length).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
+    /// A message or frame length above the limit for its direction.
     #[error("message of {len} bytes exceeds the limit of {max}")]
-    TooLong { len: usize, max: usize },
-    #[error("empty message")]
-    Empty,
-    #[error("unknown message tag {0:#04x}")]
-    UnknownTag(u8),
-    #[error("{what}: {count} exceeds the limit of {max}")]
-    Limit {
-        what: &'static str,
-        count: usize,
+    TooLong {
+        /// The length, in bytes.
+        len: usize,
+        /// The limit, in bytes.
         max: usize,
     },
+    /// A message without a tag byte, or a frame length of 0.
+    #[error("empty message")]
+    Empty,
+    /// The first byte is not a tag of this protocol and direction.
+    #[error("unknown message tag {0:#04x}")]
+    UnknownTag(u8),
+    /// A count or length over its protocol limit, or more entries than the
+    /// remaining bytes could hold. The blocks protocol also reports a
+    /// message cut short this way (`what` = `"truncated message"`, `count` =
+    /// bytes present, `max` = bytes needed).
+    #[error("{what}: {count} exceeds the limit of {max}")]
+    Limit {
+        /// What was counted.
+        what: &'static str,
+        /// The value found.
+        count: usize,
+        /// The largest value allowed.
+        max: usize,
+    },
+    /// A field that does not decode: cut short (see [`truncated`]), an
+    /// invalid manifest file or chunk entry, or an unsupported advert
+    /// version.
     #[error("{0}")]
     Field(#[from] ManifestError),
+    /// This many bytes follow a complete message.
     #[error("{0} trailing bytes")]
     Trailing(usize),
+    /// A `Refused` reason that is not valid UTF-8.
     #[error("reason is not UTF-8")]
     Utf8,
 }
 
-/// What a fetcher asks a server. Every request names the root it is about.
+/// What a fetcher asks a server (tags `0x01`-`0x06` in docs/protocol.md,
+/// "Requests"). Every request about a checkpoint names its root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// The 88-byte root header of the manifest with this root.
-    GetHeader { root: Hash },
-    /// File-table piece `index`.
-    GetFilePiece { root: Hash, index: u64 },
-    /// Chunk-table piece `index`.
-    GetChunkPiece { root: Hash, index: u64 },
-    /// A batch of chunks by index in the chunk table.
-    GetChunks { root: Hash, indices: Vec<u64> },
-    /// The server's signed advert.
+    /// The 88-byte root header of the manifest with this root (`0x01`).
+    GetHeader {
+        /// Root of the manifest.
+        root: Hash,
+    },
+    /// File-table piece `index` (`0x02`).
+    GetFilePiece {
+        /// Root of the manifest.
+        root: Hash,
+        /// Index of the piece in the file table.
+        index: u64,
+    },
+    /// Chunk-table piece `index` (`0x03`).
+    GetChunkPiece {
+        /// Root of the manifest.
+        root: Hash,
+        /// Index of the piece in the chunk table.
+        index: u64,
+    },
+    /// A batch of chunks by index in the chunk table (`0x04`).
+    GetChunks {
+        /// Root of the manifest.
+        root: Hash,
+        /// Chunk indices, 1 to [`MAX_BATCH_CHUNKS`] of them; the answer
+        /// keeps this order.
+        indices: Vec<u64>,
+    },
+    /// The server's signed advert (`0x05`).
     GetAdvert,
-    /// The sender's own signed advert, pushed when its checkpoints change.
-    Announce { advert: SignedAdvert },
-}
-
-/// What a server answers. Never silence: overload is [`Response::Busy`],
-/// absence is [`Response::NotFound`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Response {
-    Header {
-        header: [u8; ROOT_HEADER_LEN],
-    },
-    FilePiece {
-        index: u64,
-        entries: Vec<FileEntry>,
-        proof: Vec<Hash>,
-    },
-    ChunkPiece {
-        index: u64,
-        entries: Vec<ChunkEntry>,
-        proof: Vec<Hash>,
-    },
-    /// Chunks in request order; possibly only a prefix of the request when
-    /// the byte budget ran out (the fetcher asks again for the rest).
-    Chunks {
-        chunks: Vec<(u64, Bytes)>,
-    },
-    Advert {
+    /// The sender's own signed advert, pushed when its checkpoints change
+    /// (`0x06`); answered with [`Response::Ack`].
+    Announce {
+        /// The sender's advert and its signature.
         advert: SignedAdvert,
     },
+}
+
+/// What a server answers (tags `0x81`-`0x86` and `0xE0`-`0xE2` in
+/// docs/protocol.md, "Responses"). Never silence: overload is
+/// [`Response::Busy`], absence is [`Response::NotFound`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The root header asked for by `GetHeader` (`0x81`); the fetcher checks
+    /// that it hashes to the requested root.
+    Header {
+        /// The encoded root header (docs/manifest.md).
+        header: [u8; ROOT_HEADER_LEN],
+    },
+    /// A file-table piece with its Merkle proof (`0x82`).
+    FilePiece {
+        /// Index of the piece, as requested.
+        index: u64,
+        /// The piece's file entries in manifest encoding (at most
+        /// [`MAX_PIECE_ENTRIES`]).
+        entries: Vec<FileEntry>,
+        /// Proof of the piece against the root header (at most
+        /// [`MAX_PROOF_LEN`] hashes).
+        proof: Vec<Hash>,
+    },
+    /// A chunk-table piece with its Merkle proof (`0x83`).
+    ChunkPiece {
+        /// Index of the piece, as requested.
+        index: u64,
+        /// The piece's chunk entries in manifest encoding (at most
+        /// [`MAX_PIECE_ENTRIES`]).
+        entries: Vec<ChunkEntry>,
+        /// Proof of the piece against the root header (at most
+        /// [`MAX_PROOF_LEN`] hashes).
+        proof: Vec<Hash>,
+    },
+    /// Chunks in request order (`0x84`); possibly only a prefix of the
+    /// request when the byte budget ran out (the fetcher asks again for the
+    /// rest).
+    Chunks {
+        /// `(chunk index, chunk bytes)` pairs: at most [`MAX_BATCH_CHUNKS`]
+        /// and [`MAX_BATCH_BYTES`] of data in total.
+        chunks: Vec<(u64, Bytes)>,
+    },
+    /// The server's signed advert, answering `GetAdvert` (`0x85`).
+    Advert {
+        /// The advert and its signature.
+        advert: SignedAdvert,
+    },
+    /// Acknowledges an `Announce` (`0x86`).
     Ack,
-    /// Overloaded: try again after this many milliseconds (or elsewhere).
+    /// Overloaded: try again after this many milliseconds (or elsewhere)
+    /// (`0xE0`).
     Busy {
+        /// How long the fetcher backs off this peer, in milliseconds.
         retry_after_ms: u32,
     },
-    /// This server does not (or no longer) serve that root or index.
+    /// This server does not (or no longer) serve that root or index
+    /// (`0xE1`).
     NotFound,
-    /// The request was malformed or refused.
+    /// The request was malformed or refused (`0xE2`).
     Refused {
+        /// Why, for people; at most [`MAX_REASON_LEN`] bytes of UTF-8 on
+        /// the wire.
         reason: String,
     },
 }
 
-/// One checkpoint a node offers.
+/// One checkpoint a node offers: `height:u64 root:hash bytes:u64` (48 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct AdvertEntry {
+    /// Height of the checkpoint.
     pub height: u64,
+    /// Root of its manifest.
     pub root: Hash,
+    /// Total size of its files, in bytes.
     pub bytes: u64,
 }
 
@@ -124,16 +213,22 @@ pub struct AdvertEntry {
 /// number that grows with every change (newer adverts replace older ones).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Advert {
+    /// Sequence number; a receiver keeps the advert with the highest one
+    /// per peer.
     pub seq: u64,
+    /// The checkpoints offered, at most [`MAX_ADVERT_ENTRIES`].
     pub entries: Vec<AdvertEntry>,
 }
 
 /// An advert with its signature by the sender's identity key. The signature
 /// is over [`Advert::signing_bytes`]; the network layer signs and verifies
-/// (it owns the keys).
+/// (it owns the keys). Wire form: `body_len:u32 body sig_len:u16 signature`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedAdvert {
+    /// The encoded [`Advert`] (decode it with [`Advert::decode`]); at most
+    /// the size of an advert with [`MAX_ADVERT_ENTRIES`] entries.
     pub body: Vec<u8>,
+    /// The signature (ed25519 in practice), at most 256 bytes.
     pub signature: Vec<u8>,
 }
 
@@ -141,6 +236,8 @@ const ADVERT_DOMAIN: &[u8] = b"statesync advert v1";
 const MAX_SIGNATURE_LEN: usize = 256;
 
 impl Advert {
+    /// Encodes the body: `version:u8 (=1) seq:u64 count:u16 entry*count`.
+    /// The entry limit is not checked here.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(11 + self.entries.len() * 48);
         out.push(1);
@@ -154,6 +251,8 @@ impl Advert {
         out
     }
 
+    /// Decodes a body. Errors: a version other than 1, more than
+    /// [`MAX_ADVERT_ENTRIES`] entries, truncation or trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Advert, ProtoError> {
         let mut r = Reader { buf: bytes, at: 0 };
         let v = r.u8("advert version")?;
@@ -185,9 +284,9 @@ impl Advert {
         Ok(Advert { seq, entries })
     }
 
-    /// What is signed: a domain tag, the signer's peer id bytes, the body.
-    /// Binding the peer id stops a relayed advert from being claimed by
-    /// another node.
+    /// What is signed: `"statesync advert v1" || peer_id_len:u16 || peer_id
+    /// || body`. Binding the peer id stops a relayed advert from being
+    /// claimed by another node.
     pub fn signing_bytes(peer_id: &[u8], body: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(ADVERT_DOMAIN.len() + 2 + peer_id.len() + body.len());
         v.extend_from_slice(ADVERT_DOMAIN);
@@ -270,6 +369,8 @@ mod tag {
 }
 
 impl Request {
+    /// Encodes as `tag || fields`, without the frame length prefix. Limits
+    /// are not checked here (only on decode).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         match self {
@@ -304,6 +405,9 @@ impl Request {
         out
     }
 
+    /// Decodes a request (without the frame prefix). Checks
+    /// [`MAX_REQUEST_LEN`], a chunk count of 1 to [`MAX_BATCH_CHUNKS`], the
+    /// advert and signature sizes, and that no bytes trail.
     pub fn decode(bytes: &[u8]) -> Result<Request, ProtoError> {
         if bytes.len() > MAX_REQUEST_LEN {
             return Err(ProtoError::TooLong {
@@ -355,6 +459,9 @@ impl Request {
 }
 
 impl Response {
+    /// Encodes as `tag || fields`, without the frame length prefix. A
+    /// `Refused` reason is truncated to [`MAX_REASON_LEN`] bytes; other
+    /// limits are not checked here (only on decode).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -444,6 +551,10 @@ impl Response {
         }
     }
 
+    /// Decodes a response (without the frame prefix), copying chunk data.
+    /// Checks [`MAX_RESPONSE_LEN`] and every count and length limit before
+    /// allocating, and that no bytes trail. Pieces and chunks are not
+    /// verified against the root here: that is the fetcher's job.
     pub fn decode(bytes: &[u8]) -> Result<Response, ProtoError> {
         Self::decode_from(bytes, None)
     }
@@ -552,8 +663,9 @@ pub const CHUNKS_TAG: u8 = tag::CHUNKS;
 /// Bytes before each chunk's data in a `Chunks` response: index u64, len u32.
 pub const CHUNK_HEADER_LEN: usize = 12;
 
-/// A `Chunks` response's count against the limit and the `left` bytes that
-/// follow it (each chunk takes at least its 12-byte header). Shared by
+/// Checks a `Chunks` response's count `n` against [`MAX_BATCH_CHUNKS`] and
+/// the `left` bytes that follow it (each chunk takes at least its 12-byte
+/// header). Shared by
 /// [`Response::decode`] and readers that decode `Chunks` off a stream, so
 /// both accept exactly the same frames.
 pub fn check_chunk_count(n: usize, left: usize) -> Result<(), ProtoError> {
@@ -567,8 +679,9 @@ pub fn check_chunk_count(n: usize, left: usize) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// The running total of chunk bytes in a `Chunks` response, checked after
-/// each chunk header and before its data is read.
+/// Checks the running total of chunk bytes in a `Chunks` response against
+/// [`MAX_BATCH_BYTES`]; called after each chunk header, before its data is
+/// read.
 pub fn check_chunk_total(total: usize) -> Result<(), ProtoError> {
     if total > MAX_BATCH_BYTES {
         return Err(ProtoError::Limit {
@@ -580,7 +693,8 @@ pub fn check_chunk_total(total: usize) -> Result<(), ProtoError> {
     Ok(())
 }
 
-/// A field cut short in a frame read off a stream.
+/// The error for a field cut short in a frame read off a stream: `what`
+/// starts at byte offset `at` and needs `need` bytes, of which `have` remain.
 pub fn truncated(what: &'static str, at: usize, need: usize, have: usize) -> ProtoError {
     ProtoError::Field(ManifestError::Truncated {
         what,
@@ -615,8 +729,8 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Length-prefixed framing: `len: u32 LE || message`. Returns the message
-/// once complete, refusing lengths over `max` before buffering them.
+/// Frames a message: `len:u32 LE || message`. No limit is checked here;
+/// receivers check the prefix with [`check_frame_len`].
 pub fn frame(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + msg.len());
     out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
@@ -624,7 +738,9 @@ pub fn frame(msg: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Checks a frame's length prefix against a limit.
+/// Checks a frame's 4-byte little-endian length prefix before anything is
+/// read or allocated: returns the length, [`ProtoError::TooLong`] above
+/// `max`, or [`ProtoError::Empty`] for 0.
 pub fn check_frame_len(prefix: [u8; 4], max: usize) -> Result<usize, ProtoError> {
     let len = u32::from_le_bytes(prefix) as usize;
     if len > max {

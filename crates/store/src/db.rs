@@ -21,9 +21,9 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The database at `path` exists but is not a readable redb file (damaged,
-/// or half-created by an older version): as opposed to a busy or
-/// unreachable one, which must be left alone.
+/// Whether the database at `path` exists but is not a readable redb file
+/// (damaged, or half-created by an older version). A missing, busy (open
+/// elsewhere) or unreachable database gives `false`: it must be left alone.
 pub fn is_unreadable(path: &Path) -> bool {
     use redb::{DatabaseError, StorageError};
     match Database::open(path) {
@@ -39,7 +39,8 @@ pub fn is_unreadable(path: &Path) -> bool {
 /// Opens the database at `path`, or creates it there; `init` (which must be
 /// idempotent: create tables that are missing) runs on it either way, on a
 /// new database before it appears at `path`. Errors name the file and what
-/// failed.
+/// failed; an existing file that does not open is an error and is never
+/// deleted here (see [`is_unreadable`]).
 pub fn open_or_create(
     path: &Path,
     init: impl Fn(&Database) -> Result<(), Error>,

@@ -14,12 +14,20 @@
 //! pins/<height>.<name>               durable pins; content: the reason
 //! ```
 //!
-//! A checkpoint is written in `staging/`, every file and directory is
-//! fsynced, and the directory is renamed into `checkpoints/` in one atomic
-//! step, then `checkpoints/` is fsynced. A crash leaves either nothing or a
-//! stale staging directory, which the next [`Store::open`] removes once no
-//! live writer holds its lock. Deletion renames into `trash/` first, so a
-//! half-deleted checkpoint is never listed.
+//! A checkpoint is written in `staging/`, every new file and every
+//! directory is fsynced, and the directory is renamed into `checkpoints/` in
+//! one atomic step, then `checkpoints/` is fsynced. A crash leaves either
+//! nothing or a stale staging directory, which the next [`Store::open`]
+//! removes once no live writer holds its lock. Deletion renames into `trash/`
+//! first, so a half-deleted checkpoint is never listed.
+//!
+//! This crate owns that directory tree: writing and promoting checkpoints
+//! ([`Store::create_from_dir`], [`Store::adopt`], [`Staging`]), listing them
+//! ([`Store::scan`]), pins and leases ([`Store::pin`], [`lease_name`]),
+//! retention ([`Store::prune`]), and crash-safe creation of redb databases
+//! ([`db`]).
+
+#![warn(missing_docs)]
 
 pub mod db;
 
@@ -36,28 +44,60 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Errors of [`Store`] and [`Staging`] operations.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A filesystem operation failed.
     #[error("{op} {path}: {source}")]
     Io {
+        /// What was being done (`"read"`, `"rename"`, `"fsync"`, ...).
         op: &'static str,
+        /// The path it was done on.
         path: PathBuf,
+        /// The error the operating system returned.
         source: std::io::Error,
     },
+    /// A checkpoint directory at this height already exists under
+    /// `checkpoints/`.
     #[error("checkpoint at height {0} already exists")]
     Exists(u64),
+    /// There is no checkpoint directory at this height.
     #[error("no checkpoint at height {0}")]
     NotFound(u64),
+    /// [`Store::remove`] refused to delete a pinned checkpoint.
     #[error("checkpoint {height} is pinned by {pins:?}")]
-    Pinned { height: u64, pins: Vec<String> },
+    Pinned {
+        /// Height of the checkpoint.
+        height: u64,
+        /// Names of the pins that hold it.
+        pins: Vec<String>,
+    },
+    /// A checkpoint's `manifest` file does not decode.
     #[error("checkpoint {path}: manifest: {err}")]
-    BadManifest { path: PathBuf, err: ManifestError },
+    BadManifest {
+        /// Path of the manifest file.
+        path: PathBuf,
+        /// Why it does not decode.
+        err: ManifestError,
+    },
+    /// A pin name that is not 1-64 characters of `[A-Za-z0-9_.-]`.
     #[error("pin name {0:?}: use 1-64 characters of [A-Za-z0-9_.-]")]
     PinName(String),
+    /// [`Store::open_existing`] found no `checkpoints/` directory under this
+    /// root.
     #[error("{0}: no checkpoint store there (it has no checkpoints/ directory)")]
     NoStore(PathBuf),
+    /// Heights only grow: [`Store::create_from_dir`] and [`Store::adopt`]
+    /// refuse a height not above the latest valid checkpoint.
     #[error("height {height} is not above the latest checkpoint {latest}")]
-    NotNewer { height: u64, latest: u64 },
+    NotNewer {
+        /// The height asked for.
+        height: u64,
+        /// Height of the latest valid checkpoint.
+        latest: u64,
+    },
+    /// Scanning a directory or building its manifest failed (for instance a
+    /// symlink or special file in the source, named in the error).
     #[error(transparent)]
     Build(#[from] BuildError),
 }
@@ -72,23 +112,36 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// A valid, promoted checkpoint.
+/// A valid, promoted checkpoint, as listed by [`Store::scan`].
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CheckpointInfo {
+    /// Its height (the 20-digit directory name under `checkpoints/`).
     pub height: u64,
+    /// Root of its manifest (docs/manifest.md): the hash a fetcher trusts.
     pub root: Hash,
+    /// Number of files in the manifest.
     pub files: u64,
+    /// Number of chunks in the manifest.
     pub chunks: u64,
+    /// Total size of its files, in bytes.
     pub bytes: u64,
+    /// Chunk size of its manifest, in bytes.
     pub chunk_size: u32,
+    /// Names of the pins on it, sorted (empty when just committed).
     pub pins: Vec<String>,
+    /// Its `state/` directory, which holds the checkpoint's files (not the
+    /// checkpoint directory itself).
     pub path: PathBuf,
 }
 
-/// A directory under `checkpoints/` that is not a valid checkpoint.
+/// A directory under `checkpoints/` that is not a valid checkpoint
+/// (docs/store.md, invariant 3); [`Store::prune`] removes it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Invalid {
+    /// The directory under `checkpoints/`.
     pub path: PathBuf,
+    /// Why it is not valid: a name that is not a height, a manifest that
+    /// does not decode, or no `state/` directory.
     pub reason: String,
 }
 
@@ -97,29 +150,41 @@ pub struct Invalid {
 pub struct OpenReport {
     /// Stale staging directories of writers that died.
     pub removed_staging: Vec<PathBuf>,
+    /// Entries removed from `trash/` (deletions a crash interrupted).
     pub emptied_trash: usize,
-    /// Leases of dead processes removed.
+    /// Lease pins (`lease-<pid>-...`) removed because no process with that
+    /// pid exists any more.
     pub stale_leases: usize,
 }
 
-/// The pid in a lease pin name (`lease-<pid>-<what>`), if it is one.
+/// The pid in a lease pin name (`lease-<pid>-<what>`), or `None` if the name
+/// is not a lease.
 pub fn lease_pid(name: &str) -> Option<u32> {
     name.strip_prefix("lease-")?.split('-').next()?.parse().ok()
 }
 
-/// The pin name of a lease held by this process.
+/// The pin name of a lease held by this process: `lease-<pid>-<what>`.
+/// [`Store::open`] removes such pins once that pid is gone. `what` must keep
+/// the name a valid pin name (see [`StoreError::PinName`]).
 pub fn lease_name(what: &str) -> String {
     format!("lease-{}-{what}", std::process::id())
 }
 
+/// What [`Store::prune`] did. Heights are in ascending order.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct PruneReport {
+    /// Checkpoints deleted.
     pub removed: Vec<u64>,
+    /// Checkpoints kept as among the `keep_last` highest.
     pub kept: Vec<u64>,
+    /// Older checkpoints kept only because they are pinned.
     pub kept_pinned: Vec<u64>,
+    /// Invalid directories under `checkpoints/` that were deleted.
     pub removed_invalid: Vec<PathBuf>,
 }
 
+/// A checkpoint store: the directory tree described in the crate docs and
+/// docs/store.md. It holds only the root path; all state is on disk.
 pub struct Store {
     root: PathBuf,
 }
@@ -153,8 +218,10 @@ impl Store {
         Store::open(root)
     }
 
-    /// Opens (creating if needed) a store, removing stale staging directories
-    /// and emptying the trash.
+    /// Opens the store at `root`, creating its directories if needed, and
+    /// cleans up after crashes: removes staging directories (and lock files)
+    /// whose lock no live process holds, empties the trash and drops lease
+    /// pins of dead processes. Fails only on I/O errors.
     pub fn open(root: impl Into<PathBuf>) -> Result<(Store, OpenReport)> {
         let root = root.into();
         for d in ["checkpoints", "staging", "trash", "pins"] {
@@ -206,6 +273,7 @@ impl Store {
         Ok((store, rep))
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -214,7 +282,8 @@ impl Store {
         self.root.join("checkpoints").join(height_name(h))
     }
 
-    /// Directory holding the files of checkpoint `h`.
+    /// Directory holding the files of checkpoint `h`
+    /// (`checkpoints/<h>/state`), whether or not it exists.
     pub fn state_dir(&self, h: u64) -> PathBuf {
         self.checkpoint_dir(h).join("state")
     }
@@ -230,7 +299,10 @@ impl Store {
         Ok(n)
     }
 
-    /// Valid checkpoints by height, and the directories that are not valid.
+    /// Valid checkpoints, lowest height first, and the directories under
+    /// `checkpoints/` that are not valid. A checkpoint that fails to load is
+    /// reported in the second list, not as an error; errors are I/O failures
+    /// reading `checkpoints/` or `pins/`.
     pub fn scan(&self) -> Result<(Vec<CheckpointInfo>, Vec<Invalid>)> {
         let dir = self.root.join("checkpoints");
         let mut valid = Vec::new();
@@ -285,10 +357,16 @@ impl Store {
         Ok(self.scan()?.0)
     }
 
+    /// The highest valid checkpoint, or `None` if there is none.
     pub fn latest(&self) -> Result<Option<CheckpointInfo>> {
         Ok(self.list()?.pop())
     }
 
+    /// Reads and decodes the manifest of checkpoint `h`.
+    ///
+    /// Errors: [`StoreError::NotFound`] if there is no checkpoint directory
+    /// at `h`, [`StoreError::BadManifest`] if the file does not decode,
+    /// [`StoreError::Io`] if it cannot be read.
     pub fn load_manifest(&self, h: u64) -> Result<Manifest> {
         let p = self.checkpoint_dir(h).join("manifest");
         let bytes = std::fs::read(&p).map_err(|e| {
@@ -313,7 +391,13 @@ impl Store {
         StatCache::decode(&bytes).ok()
     }
 
-    /// Starts writing checkpoint `height` in the staging area.
+    /// Starts writing checkpoint `height` in the staging area: creates and
+    /// flocks `staging/<height>.<pid>.<ns>.lock`, then the staging directory
+    /// with an empty `state/`.
+    ///
+    /// Fails with [`StoreError::Exists`] if that height is already promoted.
+    /// It does not check that `height` is above the latest checkpoint
+    /// ([`Store::create_from_dir`] and [`Store::adopt`] do).
     pub fn begin(&self, height: u64) -> Result<Staging> {
         if self.checkpoint_dir(height).exists() {
             return Err(StoreError::Exists(height));
@@ -352,7 +436,16 @@ impl Store {
     /// Files unchanged since the previous checkpoint (by the change set if
     /// given, else by the source file's recorded metadata) are hard-linked
     /// from it instead of copied, and the manifest is built incrementally:
-    /// cost follows what changed, not the state size.
+    /// cost follows what changed, not the state size. Copied files are made
+    /// read-only (0444, or 0555 if executable). Without a previous
+    /// checkpoint, with `opts.incremental` false, or when the previous
+    /// checkpoint's chunk size differs from `opts.chunk_size`, every file is
+    /// copied and hashed.
+    ///
+    /// Errors: [`StoreError::NotNewer`] unless `height` is above the latest
+    /// checkpoint, [`StoreError::Build`] for a symlink or special file in
+    /// `src` or a failed build, [`StoreError::Io`] otherwise. On error
+    /// nothing is left in the store.
     pub fn create_from_dir(
         &self,
         height: u64,
@@ -458,7 +551,12 @@ impl Store {
     /// Takes in a complete, verified checkpoint directory (a state sync's
     /// result) as checkpoint `height` by renaming it into the store (same
     /// filesystem), with its manifest. The caller has verified `dir` against
-    /// `manifest`.
+    /// `manifest`; the store neither re-hashes `dir` nor changes its files'
+    /// permissions.
+    ///
+    /// Errors: [`StoreError::NotNewer`] unless `height` is above the latest
+    /// checkpoint. If it fails after `dir` was renamed into the staging
+    /// area, `dir`'s files are deleted with the staging directory.
     pub fn adopt(&self, height: u64, dir: &Path, manifest: &Manifest) -> Result<CheckpointInfo> {
         if let Some(p) = self.latest()?
             && p.height >= height
@@ -479,7 +577,8 @@ impl Store {
         staging.commit(manifest, &stats, None)
     }
 
-    /// Durable pins: `(height, name)`.
+    /// All durable pins as `(height, name)`, sorted, parsed from the
+    /// `pins/<height>.<name>` file names.
     pub fn pins(&self) -> Result<Vec<(u64, String)>> {
         let dir = self.root.join("pins");
         let mut out = Vec::new();
@@ -496,6 +595,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Pins checkpoint `height` under `name`, durably (the pin file holds
+    /// `reason`); pinning again under the same name replaces the reason. A
+    /// pinned checkpoint is never deleted by [`Store::remove`] or
+    /// [`Store::prune`].
+    ///
+    /// Errors: [`StoreError::PinName`] for an invalid name,
+    /// [`StoreError::NotFound`] if there is no checkpoint directory at
+    /// `height`.
     pub fn pin(&self, height: u64, name: &str, reason: &str) -> Result<()> {
         if !valid_pin_name(name) {
             return Err(StoreError::PinName(name.into()));
@@ -510,6 +617,8 @@ impl Store {
         write_durable(&p, reason.as_bytes())
     }
 
+    /// Removes pin `name` of checkpoint `height`, durably. Returns whether
+    /// the pin existed; [`StoreError::PinName`] for an invalid name.
     pub fn unpin(&self, height: u64, name: &str) -> Result<bool> {
         if !valid_pin_name(name) {
             return Err(StoreError::PinName(name.into()));
@@ -528,7 +637,10 @@ impl Store {
         }
     }
 
-    /// Deletes checkpoint `h` unless pinned.
+    /// Deletes checkpoint `h` (renamed into `trash/` first) unless pinned.
+    ///
+    /// Errors: [`StoreError::Pinned`] naming its pins,
+    /// [`StoreError::NotFound`] if there is no checkpoint directory at `h`.
     pub fn remove(&self, h: u64) -> Result<()> {
         let pins: Vec<String> = self
             .pins()?
@@ -560,8 +672,9 @@ impl Store {
         remove_tree(&t)
     }
 
-    /// Keeps the `keep_last` highest checkpoints and every pinned one;
-    /// deletes the rest and any invalid directory.
+    /// Keeps the `keep_last` highest valid checkpoints and every pinned one;
+    /// deletes the rest and every invalid directory under `checkpoints/`,
+    /// then removes pins whose checkpoint no longer exists.
     pub fn prune(&self, keep_last: usize) -> Result<PruneReport> {
         let (valid, invalid) = self.scan()?;
         let mut rep = PruneReport::default();
@@ -590,14 +703,26 @@ impl Store {
     }
 }
 
+/// Options of [`Store::create_from_dir`]. The default builds incrementally
+/// with the manifest crate's default chunk size (1 MiB) and sample rate
+/// (1/128), without a change set.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
+    /// Chunk size of the manifest, in bytes.
     pub chunk_size: u32,
+    /// Fraction (0..=1) of reused chunks rehashed in an incremental build,
+    /// to catch files modified behind the change set or through a hard link.
     pub sample_rate: f64,
-    /// Build from the previous checkpoint when there is one.
+    /// Build from the previous checkpoint when there is one: hard-link
+    /// unchanged files and hash only what changed. `false` copies and hashes
+    /// everything (`--full`).
     pub incremental: bool,
     /// The application's exact change set since the previous checkpoint.
+    /// With it, a file not in `written` counts as unchanged; without it, a
+    /// file is unchanged if its recorded source metadata still matches.
     pub changes: Option<ChangeSet>,
+    /// Counters the manifest build updates (bytes to hash, bytes hashed),
+    /// for a progress display.
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -613,15 +738,22 @@ impl Default for CreateOptions {
     }
 }
 
+/// What [`Store::create_from_dir`] made.
 #[derive(Debug)]
 pub struct Created {
+    /// The promoted checkpoint.
     pub info: CheckpointInfo,
+    /// What the manifest build hashed and reused.
     pub report: BuildReport,
+    /// Files hard-linked from the previous checkpoint instead of copied.
     pub files_linked: u64,
+    /// Whether it was built from the previous checkpoint (false for the
+    /// first one, with `incremental: false`, or after a chunk size change).
     pub incremental: bool,
 }
 
-/// A checkpoint being written. Dropped without [`Staging::commit`], it is
+/// A checkpoint being written (from [`Store::begin`]), holding the lock on
+/// its staging directory. Dropped without [`Staging::commit`], it is
 /// removed; after a crash, the next [`Store::open`] removes it.
 pub struct Staging {
     height: u64,
@@ -634,18 +766,27 @@ pub struct Staging {
 }
 
 impl Staging {
+    /// The height it will be promoted at.
     pub fn height(&self) -> u64 {
         self.height
     }
 
-    /// Where to write the checkpoint's files.
+    /// Where to write the checkpoint's files (`state/` in the staging
+    /// directory).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
 
-    /// Writes the manifest, makes every file read-only and durable, and
-    /// promotes the checkpoint atomically. The manifest must describe the
-    /// state directory (callers build it from there).
+    /// Makes the state directory durable, writes `manifest`, `stats` and
+    /// (if given) `source-stats` durably, and promotes the checkpoint
+    /// atomically: rename into `checkpoints/`, then fsync `checkpoints/`.
+    ///
+    /// Every directory and every file with a single link is fsynced; files
+    /// with more links are taken to be hard links of an older, already
+    /// durable checkpoint. Permissions are not changed: files should already
+    /// be read-only. The manifest must describe the state directory (callers
+    /// build it from there). Fails with [`StoreError::Exists`] if the height
+    /// was promoted meanwhile.
     pub fn commit(
         mut self,
         manifest: &Manifest,
@@ -722,8 +863,9 @@ fn fsync_dir(p: &Path) -> Result<()> {
         .map_err(io("fsync", p))
 }
 
-/// fsyncs every file and directory under `root` (files that are hard links
-/// of an older checkpoint are already durable but cheap to sync again).
+/// fsyncs every directory under `root` (and `root`) and every file with a
+/// single link; files with more links are taken to be hard links of an
+/// older checkpoint, already durable, and skipped.
 fn sync_tree(root: &Path) -> Result<()> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -3,16 +3,12 @@
 mod bench;
 mod bench_blocks;
 mod bench_sync;
-mod chain_node;
 mod demo;
 mod demo_net;
-mod fetch_driver;
-mod metrics;
-mod p2p;
-mod serve;
-mod session;
-mod synth;
 mod ui;
+
+use statesync_node::{chain_node, p2p, serve, session};
+use statesync_synth as synth;
 
 use clap::{Args, Parser, Subcommand};
 use statesync_manifest::build::{BuildOptions, ChangeSet, Hint, Previous, Progress};

@@ -3,8 +3,8 @@
 //! the same run. Contenders alternate; inputs are re-read before each timed
 //! run; medians and ratios are printed.
 
-use crate::synth::{self, GenSpec, MutateSpec};
 use crate::ui;
+use statesync_synth::{self as synth, GenSpec, MutateSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};

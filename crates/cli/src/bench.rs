@@ -4,12 +4,12 @@
 //! within a minute, so every timed run is preceded by a re-read of its inputs,
 //! contenders alternate (A B A B ...), and medians and ratios are reported.
 
-use crate::synth::{self, GenSpec, MutateSpec};
 use crate::ui;
 use clap::Subcommand;
 use rayon::prelude::*;
 use statesync_manifest::build::{BuildOptions, Built, Hint, Previous};
 use statesync_manifest::diff::LocalSource;
+use statesync_synth::{self as synth, GenSpec, MutateSpec};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

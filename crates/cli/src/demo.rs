@@ -2,11 +2,11 @@
 //! end on one machine. The default `statesync demo` is the network demo
 //! (demo_net.rs).
 
-use crate::synth::{self, GenSpec, MutateSpec};
 use crate::ui;
 use clap::Args;
 use statesync_manifest::diff::LocalSource;
 use statesync_store::{CreateOptions, Store};
+use statesync_synth::{self as synth, GenSpec, MutateSpec};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
