@@ -32,8 +32,7 @@ pub enum StoreError {
         /// Highest stored height (0 on an empty store).
         high: u64,
     },
-    /// A block does not link by parent hash ([`ChainError::ParentMismatch`]),
-    /// or a stored block read by [`BlockStore::get`] does not decode.
+    /// A block does not link by parent hash ([`ChainError::ParentMismatch`]).
     #[error("block store: {0}")]
     Chain(#[from] ChainError),
 }
@@ -81,7 +80,12 @@ impl BlockStore {
     /// The block at `height`, decoded, or None if it is not stored.
     pub fn get(&self, height: u64) -> Result<Option<Block>, StoreError> {
         Ok(match self.get_raw(height)? {
-            Some(b) => Some(Block::decode(&b)?),
+            // A stored block that does not decode is this node's damage,
+            // never a peer's fault.
+            Some(b) => Some(
+                Block::decode(&b)
+                    .map_err(|e| StoreError::Db(format!("stored block {height}: {e}")))?,
+            ),
             None => None,
         })
     }

@@ -635,5 +635,10 @@ fn write_durable(p: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, p)
+    std::fs::rename(&tmp, p)?;
+    // The rename itself is durable only once the directory is.
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => std::fs::File::open(d)?.sync_all(),
+        _ => Ok(()),
+    }
 }

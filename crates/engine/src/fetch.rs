@@ -49,6 +49,7 @@ use statesync_manifest::format::{
     CHUNK_PIECE_LEVEL, ChunkEntry, FILE_PIECE_LEVEL, FileEntry, Manifest, RootHeader,
 };
 use statesync_manifest::hash::Hash;
+use statesync_manifest::rng::SplitMix64;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash as StdHash;
@@ -380,10 +381,7 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         use std::hash::Hasher;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         peer.hash(&mut h);
-        let mut z = h.finish() ^ self.seed.rotate_left(29) ^ 0x7469_6562_7265_616b;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        statesync_manifest::rng::mix(h.finish() ^ self.seed.rotate_left(29) ^ 0x7469_6562_7265_616b)
     }
 
     /// The peer disconnected: its requests go back to the queue (no penalty).
@@ -783,15 +781,7 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         // different parts, and each request still reads sequentially.
         let run = self.cfg.order_run.max(1);
         let mut runs: Vec<&[u64]> = list.chunks(run).collect();
-        let mut s = self.seed ^ 0x0ddc_0ffe;
-        for i in (1..runs.len()).rev() {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            runs.swap(i, (z % (i as u64 + 1)) as usize);
-        }
+        SplitMix64::new(self.seed ^ 0x0ddc_0ffe).shuffle(&mut runs);
         runs.into_iter().flatten().copied().collect()
     }
 

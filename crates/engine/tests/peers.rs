@@ -6,19 +6,7 @@ use statesync_engine::peers::{PeerAction, PeerManager, PeerManagerConfig};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use statesync_manifest::rng::SplitMix64 as Rng;
 
 fn cfg() -> PeerManagerConfig {
     PeerManagerConfig {
@@ -33,7 +21,7 @@ fn three_days_of_churn_cost_bounded_dials_and_discoveries() {
     let mut pm: PeerManager<u32, String> = PeerManager::new(cfg());
     let start = Instant::now();
     let mut now = start;
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     // 60 peers; a third never answer; the rest stay connected for a random
     // few minutes and then drop.
     for p in 0..60u32 {
@@ -55,7 +43,7 @@ fn three_days_of_churn_cost_bounded_dials_and_discoveries() {
             if unreachable(p) {
                 pm.dial_failed(p, now);
             } else {
-                let stay = Duration::from_secs(60 + rng.next() % 600);
+                let stay = Duration::from_secs(60 + rng.next_u64() % 600);
                 connected_until.insert(p, now + stay);
                 pm.connected(p, now);
             }

@@ -5,6 +5,7 @@
 use statesync_engine::fetch::{Action, Ask, Config, Failure, Fetch, PeerState};
 use statesync_manifest::Manifest;
 use statesync_manifest::reference::manifest_of_tree;
+use statesync_manifest::rng::SplitMix64;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
@@ -53,7 +54,7 @@ struct Sim {
     events: BinaryHeap<Reverse<(Instant, u64, usize, u64)>>, // (time, seq, peer, id)
     replies: BTreeMap<u64, Reply>,
     seq: u64,
-    rng: u64,
+    rng: SplitMix64,
     bytes_from: Vec<u64>,
     accepted_corrupt: u64,
     banned: Vec<usize>,
@@ -77,7 +78,7 @@ impl Sim {
             events: BinaryHeap::new(),
             replies: BTreeMap::new(),
             seq: 0,
-            rng: seed ^ 0xfeed,
+            rng: SplitMix64::new(seed ^ 0xfeed),
             bytes_from: vec![0; n],
             accepted_corrupt: 0,
             banned: Vec::new(),
@@ -91,12 +92,7 @@ impl Sim {
     }
 
     fn rand(&mut self) -> f64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.unit()
     }
 
     fn ms(&self) -> u64 {

@@ -18,6 +18,7 @@ pub mod hash;
 pub mod merkle;
 pub mod path;
 pub mod reference;
+pub mod rng;
 pub mod stats;
 pub mod verify;
 

@@ -390,19 +390,19 @@ fn fuzz_cases() -> u32 {
 /// Decoding arbitrary bytes never panics; whatever decodes is canonical.
 #[test]
 fn decode_random_bytes_never_panics() {
-    let mut rng = Rng(0x5eed_0001);
+    let mut rng = Rng::new(0x5eed_0001);
     let mut accepted = 0;
     for i in 0..fuzz_cases() {
-        let len = (rng.next() % 300) as usize;
-        let mut buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let len = (rng.next_u64() % 300) as usize;
+        let mut buf: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         // Half the inputs start with a valid prefix so decoding goes deeper.
         if i % 2 == 0 && buf.len() >= 24 {
             buf[..4].copy_from_slice(b"SSMF");
             buf[4..8].copy_from_slice(&[1, 0, 0, 0]);
             buf[8..12].copy_from_slice(&1024u32.to_le_bytes());
-            let nf = (rng.next() % 4) as u32;
+            let nf = (rng.next_u64() % 4) as u32;
             buf[12..16].copy_from_slice(&nf.to_le_bytes());
-            buf[16..24].copy_from_slice(&(rng.next() % 4).to_le_bytes());
+            buf[16..24].copy_from_slice(&(rng.next_u64() % 4).to_le_bytes());
         }
         if let Ok(m) = Manifest::decode(&buf) {
             assert_eq!(m.encode(), buf);
@@ -420,23 +420,23 @@ fn decode_random_bytes_never_panics() {
 #[test]
 fn decode_mutated_manifests_never_panics() {
     let enc = sample().encode();
-    let mut rng = Rng(0x5eed_0002);
+    let mut rng = Rng::new(0x5eed_0002);
     let mut accepted = 0u32;
     for _ in 0..fuzz_cases() {
         let mut e = enc.clone();
-        for _ in 0..1 + rng.next() % 4 {
-            let at = (rng.next() as usize) % e.len().max(1);
-            match rng.next() % 6 {
-                0 => e[at] ^= 1 << (rng.next() % 8),
-                1 => e[at] = rng.next() as u8,
+        for _ in 0..1 + rng.next_u64() % 4 {
+            let at = (rng.next_u64() as usize) % e.len().max(1);
+            match rng.next_u64() % 6 {
+                0 => e[at] ^= 1 << (rng.next_u64() % 8),
+                1 => e[at] = rng.next_u64() as u8,
                 2 => e.truncate(at),
-                3 => e.insert(at, rng.next() as u8),
+                3 => e.insert(at, rng.next_u64() as u8),
                 4 => {
                     e.remove(at.min(e.len().saturating_sub(1)));
                 }
                 _ => {
                     // Overwrite a length or count field with an extreme value.
-                    let v = [0u8, 0xff][(rng.next() % 2) as usize];
+                    let v = [0u8, 0xff][(rng.next_u64() % 2) as usize];
                     for b in e.iter_mut().skip(at).take(8) {
                         *b = v;
                     }
@@ -459,17 +459,7 @@ fn decode_mutated_manifests_never_panics() {
     );
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use statesync_manifest::rng::SplitMix64 as Rng;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]

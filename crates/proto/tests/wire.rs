@@ -217,16 +217,7 @@ fn limits_are_enforced_before_allocation() {
     assert!(err.to_string().contains(".."), "{err}");
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
+use statesync_manifest::rng::SplitMix64 as Rng;
 
 fn fuzz_cases() -> u64 {
     std::env::var("STATESYNC_FUZZ_CASES")
@@ -243,22 +234,22 @@ fn random_and_mutated_messages_never_panic_and_accepted_ones_are_canonical() {
         .map(Request::encode)
         .chain(resps.iter().map(Response::encode))
         .collect();
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for i in 0..fuzz_cases() {
         let buf: Vec<u8> = if i % 3 == 0 {
-            let len = (rng.next() % 200) as usize;
-            (0..len).map(|_| rng.next() as u8).collect()
+            let len = (rng.next_u64() % 200) as usize;
+            (0..len).map(|_| rng.next_u64() as u8).collect()
         } else {
-            let mut e = seeds[(rng.next() as usize) % seeds.len()].clone();
-            for _ in 0..1 + rng.next() % 3 {
+            let mut e = seeds[(rng.next_u64() as usize) % seeds.len()].clone();
+            for _ in 0..1 + rng.next_u64() % 3 {
                 if e.is_empty() {
                     break;
                 }
-                let at = (rng.next() as usize) % e.len();
-                match rng.next() % 4 {
-                    0 => e[at] ^= 1 << (rng.next() % 8),
+                let at = (rng.next_u64() as usize) % e.len();
+                match rng.next_u64() % 4 {
+                    0 => e[at] ^= 1 << (rng.next_u64() % 8),
                     1 => e.truncate(at),
-                    2 => e.insert(at, rng.next() as u8),
+                    2 => e.insert(at, rng.next_u64() as u8),
                     _ => e[at] = 0xff,
                 }
             }

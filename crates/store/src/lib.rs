@@ -846,7 +846,15 @@ fn copy_file(src: &Path, dst: &Path, executable: bool) -> Result<()> {
 
 fn write_durable(p: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = p.with_extension("tmp");
+    // A temporary name of its own (hidden, per process and call): two
+    // writers of pins at one height must not share one, and a leftover
+    // never parses as a pin.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = p
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    let tmp = p.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
     f.write_all(data).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 use statesync_manifest::build::ChangeSet;
+use statesync_manifest::rng::SplitMix64;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -34,27 +35,27 @@ pub struct GenReport {
     pub duplicate_files: u64,
 }
 
-/// A small deterministic PRNG (splitmix64): reproducible across platforms.
+/// The deterministic PRNG of synthetic states, seeded so that different
+/// uses of one seed give unrelated sequences.
 #[derive(Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
+    /// A generator for `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5173_7465_7379_6e63)
+        Rng(SplitMix64::new(seed ^ 0x5173_7465_7379_6e63))
     }
+    /// The next 64 bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
+    /// Uniform in 0..n (0 for n = 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
+        self.0.below(n)
     }
 }
 
