@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Proc, metric, s, scrape, spawn, wait_for};
+use common::*;
 use serde_json::Value;
 use statesync_chain::BlockStore;
 use std::path::{Path, PathBuf};

@@ -1,34 +1,20 @@
 //! The `statesync` binary as a user runs it: real processes, real files.
 
+mod common;
+
+use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_statesync"));
-    c.arg("--quiet");
-    c
-}
-
+/// Runs the binary quietly.
 fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("spawn statesync")
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = run(&a);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    bin()
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("spawn statesync")
 }
 
 #[test]
@@ -375,6 +361,7 @@ fn kill_9_during_checkpoint_create_leaves_nothing_listed() {
         "300MiB",
     ]);
     let mut child = bin()
+        .arg("--quiet")
         .args([
             "checkpoint",
             "create",
@@ -440,23 +427,6 @@ fn kill_9_during_checkpoint_create_leaves_nothing_listed() {
     let l = ok_json(&["checkpoint", "list", "--store", s(&store)]);
     assert_eq!(l["checkpoints"].as_array().unwrap().len(), 1);
     assert!(killed_mid_write, "the writer was never caught mid-write");
-}
-
-fn count_files(p: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(e.path());
-                } else {
-                    n += 1;
-                }
-            }
-        }
-    }
-    n
 }
 
 #[test]

@@ -23,8 +23,8 @@ fn four_servers_one_fetcher_byte_identical() {
     verify(&out, &root);
     // Byte-identical to the source, file by file.
     let src = d.path().join("store-src");
-    let a = statesync_tree(&src);
-    let b = statesync_tree(&out);
+    let a = read_tree(&src);
+    let b = read_tree(&out);
     assert_eq!(a, b);
     let used = sum["bytes_per_peer"].as_object().unwrap().len();
     assert!(used >= 2, "only {used} peer(s) used: {sum}");
@@ -45,29 +45,6 @@ fn four_servers_one_fetcher_byte_identical() {
             .unwrap()
             .contains("already exists"),
     );
-}
-
-fn statesync_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        for e in std::fs::read_dir(&p).unwrap().flatten() {
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e
-                    .path()
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                v.push((rel, std::fs::read(e.path()).unwrap()));
-            }
-        }
-    }
-    v.sort();
-    v
 }
 
 #[test]
@@ -1037,19 +1014,6 @@ fn write_keeping_read_only(path: &Path, bytes: &[u8], offset: u64) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn in_place_never_keeps_a_file_changed_after_its_manifest() {
     let d = tempfile::tempdir().unwrap();
@@ -1180,17 +1144,6 @@ fn two_versions(
         old_store.join("checkpoints/00000000000000000001"),
         root,
     )
-}
-
-/// `cp -a`: a copy that keeps modes and timestamps.
-fn copy_tree(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }
 
 /// A server with generated state at heights 10 and 11 (`pct`% of chunks

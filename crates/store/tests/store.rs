@@ -11,11 +11,7 @@ fn opts() -> CreateOptions {
     }
 }
 
-fn write(dir: &Path, rel: &str, data: &[u8]) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, data).unwrap();
-}
+use statesync_testkit::write_file as write;
 
 fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
