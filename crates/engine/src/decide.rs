@@ -32,7 +32,7 @@ pub enum Plan {
     StateSync { height: u64 },
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Decision {
     pub plan: Plan,
     pub replay_secs: f64,

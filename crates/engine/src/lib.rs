@@ -3,6 +3,7 @@
 //! no clock; the async shell in `statesync` (the node crate) drives them, and
 //! simulations drive them with a virtual clock.
 
+pub mod catchup;
 pub mod decide;
 pub mod fetch;
 pub mod lookup;
