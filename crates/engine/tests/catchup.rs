@@ -8,7 +8,6 @@
 
 use statesync_engine::catchup::{Action, CatchUp, Config, Force, Note, PeerView, PhaseName};
 use statesync_manifest::rng::SplitMix64;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// How a simulated peer behaves.
@@ -293,7 +292,7 @@ impl Sim {
             self.drain();
         }
         // Peers report once a second.
-        if (self.now / STEP).round() as u64 % 20 == 0 {
+        if ((self.now / STEP).round() as u64).is_multiple_of(20) {
             for i in 0..self.w.peers.len() {
                 let v = self.view(i);
                 self.core.handle_peer_status(i, v, now);
@@ -734,5 +733,4 @@ fn the_simulation_is_deterministic() {
     let mut b = Sim::new(w);
     assert_eq!(a.run(900.0), b.run(900.0));
     assert_eq!(a.trace, b.trace);
-    let _ = BTreeMap::<u8, u8>::new();
 }
