@@ -4,7 +4,7 @@
 //! within a minute, so every timed run is preceded by a re-read of its inputs,
 //! contenders alternate (A B A B ...), and medians and ratios are reported.
 
-use crate::ui;
+use crate::output as ui;
 use clap::Subcommand;
 use rayon::prelude::*;
 use statesync_manifest::build::{BuildOptions, Built, Hint, Previous};
@@ -381,13 +381,13 @@ fn manifest_bench(
             "threads": threads,
         }));
     } else {
-        println!("{:<42} {:>10} {:>10}   runs (s)", "", "median s", "GB/s");
+        crate::outln!("{:<42} {:>10} {:>10}   runs (s)", "", "median s", "GB/s");
         for r in &rows {
             if r.runs_s.is_empty() {
                 continue;
             }
             let runs: Vec<String> = r.runs_s.iter().map(|s| format!("{s:.3}")).collect();
-            println!(
+            crate::outln!(
                 "{:<42} {:>10.3} {:>10.2}   {}",
                 r.name,
                 r.median_s,
@@ -396,20 +396,22 @@ fn manifest_bench(
             );
         }
         if have_b3sum {
-            println!("full manifest throughput / b3sum throughput: {ratio_b3:.2}x (goal >= 0.85x)");
+            crate::outln!(
+                "full manifest throughput / b3sum throughput: {ratio_b3:.2}x (goal >= 0.85x)"
+            );
         }
-        println!(
+        crate::outln!(
             "incremental (change set) time / full time: 1/{:.1} (goal <= 1/20); hashed {} of {} chunks ({} sampled)",
             1.0 / inc_vs_full,
             inc.chunks_hashed,
             inc.chunks,
             inc.chunks_sampled
         );
-        println!(
+        crate::outln!(
             "incremental (change set, no re-check) time / full time: 1/{:.1}",
             1.0 / nosample_vs_full
         );
-        println!(
+        crate::outln!(
             "incremental (auto, hard links) time / full time: 1/{:.1}",
             1.0 / auto_vs_full
         );

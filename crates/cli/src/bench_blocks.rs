@@ -3,7 +3,7 @@
 //! alternated; and the time to the head of the scaled IC incident.
 
 use crate::bench::median;
-use crate::ui;
+use crate::output as ui;
 use serde_json::Value;
 use statesync_chain::{Block, BlockStore, Genesis, Replica, ValidatorKey};
 use std::path::Path;
@@ -196,13 +196,13 @@ pub fn run(
         "ratio": rr / rl,
     });
     if !json {
-        println!(
+        crate::outln!(
             "blocks: {blocks}, {} txs each, checkpoint every 10 blocks, medians of {rounds} alternating runs",
             g.txs_per_block
         );
-        println!("  replay from the local store   {ml:>7.2}s  {rl:>8.0} blocks/s");
-        println!("  range sync over libp2p        {mr:>7.2}s  {rr:>8.0} blocks/s");
-        println!(
+        crate::outln!("  replay from the local store   {ml:>7.2}s  {rl:>8.0} blocks/s");
+        crate::outln!("  range sync over libp2p        {mr:>7.2}s  {rr:>8.0} blocks/s");
+        crate::outln!(
             "  range sync / local replay     {:.2}x (goal >= 0.8x)",
             rr / rl
         );
@@ -211,7 +211,7 @@ pub fn run(
         let secs = incident_run(&dir.join("incident"))?;
         out["incident_seconds_to_head"] = serde_json::json!(secs);
         if !json {
-            println!(
+            crate::outln!(
                 "  scaled IC incident (192 MiB state, 24 MiB/s serving, a checkpoint every 1 s): joiner start to following the head in {secs:.1}s"
             );
         }
@@ -225,7 +225,7 @@ pub fn run(
 /// The scaled incident: seconds from the joiner's start to following.
 fn incident_run(dir: &Path) -> Result<f64> {
     let _ = std::fs::remove_dir_all(dir);
-    let ga = crate::GenesisArgs {
+    let ga = crate::node::GenesisArgs {
         out: dir.join("g"),
         validators: 4,
         state_mib: 192,
@@ -236,7 +236,7 @@ fn incident_run(dir: &Path) -> Result<f64> {
         hot_percent: 3,
         seed: 5,
     };
-    let genesis = crate::write_genesis(&ga)?;
+    let genesis = crate::node::write_genesis(&ga)?;
     let k = |i: u32| {
         dir.join("g")
             .join(format!("validator-{i}.key"))

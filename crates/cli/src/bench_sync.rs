@@ -3,7 +3,7 @@
 //! the same run. Contenders alternate; inputs are re-read before each timed
 //! run; medians and ratios are printed.
 
-use crate::ui;
+use crate::output as ui;
 use statesync_synth::{self as synth, GenSpec, MutateSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -345,29 +345,31 @@ pub fn run(a: Args, json: bool) -> Result<ExitCode> {
             "incremental_in_place_vs_rsync": inc_inplace,
         }));
     } else {
-        println!(
+        crate::outln!(
             "state: {} ({} files), {}% of chunks changed for the incremental runs",
             ui::bytes(total),
             a.files,
             a.changed_pct
         );
-        println!("{:<52} {:>9} {:>11}   runs (s)", "", "median s", "MB/s");
+        crate::outln!("{:<52} {:>9} {:>11}   runs (s)", "", "median s", "MB/s");
         for ((n, r), m) in names.iter().zip(&runs).zip(&med) {
             let rs: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
-            println!(
+            crate::outln!(
                 "{n:<52} {m:>9.2} {:>11.0}   {}",
                 total as f64 / m / 1e6,
                 rs.join(" ")
             );
         }
-        println!(
+        crate::outln!(
             "full, 1 server: {full_1:.2}x rsync's throughput; 4 servers: {full_4:.2}x (goal >= 1.0x, encrypted and verified)"
         );
-        println!("full, 4 servers vs rsync --fsync (both durable on return): {full_4_fsync:.2}x");
-        println!(
+        crate::outln!(
+            "full, 4 servers vs rsync --fsync (both durable on return): {full_4_fsync:.2}x"
+        );
+        crate::outln!(
             "full, 4 servers, every chunk re-read from disk at the end (--full-verify): {full_4_verify:.2}x rsync"
         );
-        println!(
+        crate::outln!(
             "incremental: seeded {inc_seed:.2}x faster than rsync, in place {inc_inplace:.2}x (goal >= 5x)"
         );
     }

@@ -2,7 +2,7 @@
 //! end on one machine. The default `statesync demo` is the network demo
 //! (demo_net.rs).
 
-use crate::ui;
+use crate::output as ui;
 use clap::Args;
 use statesync_manifest::diff::LocalSource;
 use statesync_store::{CreateOptions, Store};
@@ -47,7 +47,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<ExitCode> {
     }
     let say = |s: String| {
         if !json {
-            println!("{s}");
+            crate::outln!("{s}");
         }
     };
     let mut summary = serde_json::Map::new();

@@ -4,7 +4,7 @@
 //! joiner's phases with progress, ends with a summary, and writes an HTML
 //! report (heights over time, bytes per peer, events).
 
-use crate::ui;
+use crate::output as ui;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::File;
@@ -116,13 +116,13 @@ fn start(dir: &Path, genesis: &Path, name: &str, args: &[String]) -> Result<Node
 pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
     let say = |s: String| {
         if !json {
-            println!("{s}");
+            crate::outln!("{s}");
         }
     };
     let t0 = Instant::now();
     let el = || t0.elapsed().as_secs_f64();
     let gdir = dir.join("genesis");
-    let g = crate::GenesisArgs {
+    let g = crate::node::GenesisArgs {
         out: gdir.clone(),
         validators: 4,
         state_mib: a.state_mib,
@@ -133,7 +133,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         hot_percent: 5,
         seed: 1,
     };
-    let genesis = crate::write_genesis(&g)?;
+    let genesis = crate::node::write_genesis(&g)?;
     say(format!(
         "[{:5.1}s] chain: 4 validators (quorum 3), {} state in 1 MiB page files, a block every {} ms, a checkpoint every {} blocks",
         el(),
@@ -240,7 +240,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         if show {
             last_line = Instant::now();
             let detail = match phase.as_str() {
-                "StateSync" => {
+                "state-sync" => {
                     let f = &st["fetch"];
                     let done = f["bytes_done"].as_u64().unwrap_or(0);
                     let need = f["bytes_needed"].as_u64().unwrap_or(0);
@@ -252,7 +252,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
                         100.0 * done as f64 / need.max(1) as f64
                     )
                 }
-                "Replay" | "Following" => format!(
+                "replay" | "following" => format!(
                     "height {} of {}, history from {}",
                     c["head"].as_u64().unwrap_or(0),
                     v,
@@ -333,7 +333,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
     std::fs::write(&a.report, html)?;
     say(format!("report: {}", a.report.display()));
     if json {
-        crate::ui::print_json(&serde_json::json!({
+        crate::output::print_json(&serde_json::json!({
             "seconds_to_done": took,
             "summary": summary,
             "report": a.report,
@@ -487,9 +487,9 @@ fn render_html(
     let chain: Vec<(f64, f64)> = heads.iter().map(|(t, h)| (*t, *h as f64)).collect();
     let mut bands = Vec::new();
     let colour = |p: &str| match p {
-        "StateSync" | "AwaitAnchor" | "Adopting" => "#4878d0",
-        "Replay" => "#ee854a",
-        "Following" => "#6acc64",
+        "state-sync" | "await-anchor" | "adopting" => "#4878d0",
+        "replay" => "#ee854a",
+        "following" => "#6acc64",
         _ => "#cccccc",
     };
     let mut cur: Option<(f64, String)> = None;

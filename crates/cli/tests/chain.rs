@@ -160,7 +160,7 @@ fn a_late_joiner_state_syncs_backfills_and_follows() {
     let (mut v0, a0) = net.validator(&["--metrics", &maddr]);
     let (mut f1, a1) = net.node("f1", &["--peer", &a0]);
     wait_for("f1 following", Duration::from_secs(60), || {
-        net.phase("f1") == "Following" && net.head("v0") >= 30
+        net.phase("f1") == "following" && net.head("v0") >= 30
     });
     let (mut j, _) = net.node(
         "j",
@@ -225,7 +225,7 @@ fn a_node_behind_by_a_few_blocks_catches_up_by_replay_alone() {
     let (mut v0, a0) = net.validator(&[]);
     let (f1, _) = net.node("f1", &["--peer", &a0]);
     wait_for("f1 following", Duration::from_secs(60), || {
-        net.phase("f1") == "Following" && net.head("f1") >= 25
+        net.phase("f1") == "following" && net.head("f1") >= 25
     });
     drop(f1); // SIGKILL
     let killed_at = net.head("f1");
@@ -267,7 +267,7 @@ fn a_joiner_with_an_old_checkpoint_fetches_only_what_changed() {
     let (mut v0, a0) = net.validator(&[]);
     let (f1, _) = net.node("f1", &["--peer", &a0]);
     wait_for("f1 following", Duration::from_secs(60), || {
-        net.phase("f1") == "Following" && net.head("f1") >= 25
+        net.phase("f1") == "following" && net.head("f1") >= 25
     });
     drop(f1);
     let h = net.head("f1");
@@ -498,7 +498,7 @@ fn a_node_whose_disk_fills_during_state_sync_recovers_when_space_is_freed() {
     wait_for(
         "the joiner following after space was freed",
         Duration::from_secs(90),
-        || net.phase("j") == "Following" && net.head("j") > 0,
+        || net.phase("j") == "following" && net.head("j") > 0,
     );
     std::fs::write(t.path().join("stop"), b"").unwrap();
     let st = ns.1.wait().unwrap();

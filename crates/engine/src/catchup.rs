@@ -350,6 +350,8 @@ pub struct CatchUp<P> {
     failures_in_row: u32,
     last_switch: Option<Instant>,
     switch_asked: Option<(u64, Instant)>,
+    /// Switches are considered at most once a second.
+    last_switch_check: Option<Instant>,
     anchor_asks: usize,
     sync_usable: usize,
     unserved_since: Option<Instant>,
@@ -379,6 +381,7 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
             failures_in_row: 0,
             last_switch: None,
             switch_asked: None,
+            last_switch_check: None,
             anchor_asks: 0,
             sync_usable: 0,
             unserved_since: None,
@@ -639,14 +642,14 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
                 }
             }
             Phase::AwaitAnchor { asked, .. } => {
-                if now.saturating_duration_since(asked) > self.cfg.anchor_timeout {
+                if now.saturating_duration_since(asked) >= self.cfg.anchor_timeout {
                     self.set_phase(Phase::Waiting { since: now });
                 }
             }
             Phase::StateSync { height, .. } => {
                 if self
                     .unserved_since
-                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.unserved_give_up)
+                    .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.unserved_give_up)
                 {
                     self.unserved_since = None;
                     self.switch_asked = None;
@@ -685,7 +688,7 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
                 if !behind {
                     self.behind_since = None;
                 } else if let Some(t) = self.behind_since {
-                    if now.saturating_duration_since(t) > self.cfg.fell_behind_after {
+                    if now.saturating_duration_since(t) >= self.cfg.fell_behind_after {
                         self.behind_since = None;
                         self.note(Note::FellBehind {
                             head: self.head,
@@ -866,13 +869,21 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
         }
         let backoff = self.last_switch.map(|t| t + self.switch_backoff());
         let asked = self.switch_asked.map(|(_, t)| t + self.cfg.anchor_timeout);
-        [backoff, asked].into_iter().flatten().max()
+        let throttle = self.last_switch_check.map(|t| t + Duration::from_secs(1));
+        [backoff, asked, throttle].into_iter().flatten().max()
     }
 
     fn check_switch(&mut self, current: u64, now: Instant) {
         // Switches back off exponentially (2 s, 4 s, 8 s, ...): each costs
         // only what changed, and the backoff guarantees a sync finishes even
         // when checkpoints come faster than any switch could complete.
+        if self
+            .last_switch_check
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_switch_check = Some(now);
         if self
             .switch_asked
             .is_some_and(|(_, t)| now.saturating_duration_since(t) < self.cfg.anchor_timeout)

@@ -3,8 +3,10 @@
 //! a running state sync to a newer checkpoint.
 //!
 //! Pure functions of measured rates, so the shell can log the numbers that
-//! led to each choice and tests can pin them.
+//! led to each choice and tests can pin them. The catch-up phase machine
+//! ([`crate::catchup`]) calls them.
 
+/// What [`decide`] weighs.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Inputs {
     /// Height of the state we can execute on (0: genesis). None: no state.
@@ -13,15 +15,19 @@ pub struct Inputs {
     pub head: u64,
     /// Latest checkpoint peers can serve with a trusted root, if any.
     pub checkpoint: Option<u64>,
-    /// Size of that checkpoint and how much of it local data covers.
+    /// Size of that checkpoint's state (bytes).
     pub state_bytes: u64,
+    /// Bytes of it that local data already covers (not fetched).
     pub reusable_bytes: u64,
-    /// Measured (or default) rates.
+    /// Blocks this node replays per second (measured, else a default).
     pub replay_blocks_per_sec: f64,
+    /// Bytes a state sync fetches per second (measured, else a default).
     pub fetch_bytes_per_sec: f64,
+    /// Blocks the chain produces per second.
     pub produced_blocks_per_sec: f64,
 }
 
+/// How to catch up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Plan {
     /// Within a few blocks of the head: take new blocks as they come.
@@ -29,14 +35,26 @@ pub enum Plan {
     /// Fetch and execute the missing blocks.
     Replay,
     /// Fetch the checkpoint at this height, then replay from it.
-    StateSync { height: u64 },
+    StateSync {
+        /// The checkpoint's height.
+        height: u64,
+    },
 }
 
+/// A plan and the estimates that led to it, for logs and status.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Decision {
+    /// What to do.
     pub plan: Plan,
+    /// Estimated seconds to replay up to the head: 0 when following,
+    /// infinite without local state or when replay cannot outpace
+    /// production.
     pub replay_secs: f64,
+    /// Estimated seconds to fetch the checkpoint (less the reusable bytes)
+    /// and replay from it to the head, blocks produced meanwhile included;
+    /// infinite without a checkpoint.
     pub state_sync_secs: f64,
+    /// The choice and its numbers in one line, for humans.
     pub reason: String,
 }
 
@@ -46,8 +64,9 @@ pub const FOLLOW_DISTANCE: u64 = 2;
 /// (replay is simpler and keeps history).
 pub const STATE_SYNC_ADVANTAGE: f64 = 1.5;
 
-/// Time to replay `blocks` while the chain grows, or infinity if replay is
-/// not faster than production.
+/// Seconds to replay `blocks` at `replay` blocks/s while the chain grows by
+/// `produced` blocks/s: 0 for no blocks, infinity if replay is not faster
+/// than production.
 pub fn replay_secs(blocks: u64, replay: f64, produced: f64) -> f64 {
     if blocks == 0 {
         return 0.0;
@@ -60,6 +79,12 @@ pub fn replay_secs(blocks: u64, replay: f64, produced: f64) -> f64 {
     }
 }
 
+/// Chooses how to catch up. Within [`FOLLOW_DISTANCE`] of the head:
+/// follow. With local state: state sync to the checkpoint if it is above
+/// the local height and promises to be [`STATE_SYNC_ADVANTAGE`] times
+/// faster than replay, else replay. Without local state: state sync if a
+/// checkpoint is offered, else replay (nothing to do but wait for one or
+/// for blocks).
 pub fn decide(i: &Inputs) -> Decision {
     let ss = |cp: u64| -> f64 {
         let bytes = i.state_bytes.saturating_sub(i.reusable_bytes) as f64;

@@ -1,8 +1,11 @@
 //! The state fetch scheduler: a deterministic state machine with no I/O.
 //!
-//! It decides which peer to ask for what, verifies the manifest pieces it is
-//! given, keeps every chunk in exactly one state, and attributes faults. The
-//! async shell owns the sockets, the clock and the files.
+//! It owns one sync of the state committed to by a trusted root: it decides
+//! which peer to ask for what (header, manifest pieces, batches of chunks),
+//! verifies the header and manifest pieces it is given against the root,
+//! keeps every chunk in exactly one state (done, pending, in flight), keeps
+//! each peer's window, rate and strikes, and attributes faults. The async
+//! shell owns the sockets, the clock, the files and chunk verification.
 //!
 //! # Driving it
 //!
@@ -59,20 +62,32 @@ use std::time::{Duration, Instant};
 /// peer, 10 s chunk timeout) adapted to batched requests.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Most bytes asked in one chunk request (protocol limit: 16 MiB).
+    /// Most bytes asked in one chunk request, also bounded by the peer's
+    /// free window; a larger chunk is asked alone (protocol limit: 16 MiB).
     pub max_batch_bytes: u64,
     /// Most chunks in one request (protocol limit: 1024).
     pub max_batch_chunks: usize,
     /// Starting per-peer window of bytes in flight.
     pub initial_window: u64,
+    /// Smallest per-peer window (bytes): halving on a strike or a `Busy`
+    /// answer stops here.
     pub min_window: u64,
+    /// Largest per-peer window (bytes): each response grows it by the bytes
+    /// delivered (at most 4 MiB at a time) up to this.
     pub max_window: u64,
-    /// Most requests in flight to one peer.
+    /// Most chunk requests in flight to one peer (one while it is on
+    /// probation). A header or manifest piece is asked only of a peer with
+    /// fewer than two requests in flight (one on probation).
     pub max_requests_per_peer: usize,
-    /// Timeout of small requests (header, pieces) and the floor for chunks.
+    /// Fixed part of every request's timeout. The rest is three times what
+    /// the peer needs, at its measured (else assumed) rate but at least
+    /// 64 KiB/s, to send the bytes it has in flight, this request's
+    /// included.
     pub base_timeout: Duration,
+    /// Longest timeout of any request.
     pub max_timeout: Duration,
-    /// Rate assumed for a peer before it has been measured (bytes/s).
+    /// Rate assumed for a peer before it has been measured (bytes/s), for
+    /// its timeouts and its rank.
     pub assumed_rate: f64,
     /// Strikes (timeouts, transport failures, refusals) before a peer is
     /// cooled off.
@@ -116,52 +131,93 @@ impl Default for Config {
 /// What to ask a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ask {
+    /// The root header (verified against the root; it gives the number of
+    /// manifest pieces). Answer: [`Fetch::handle_header`].
     Header,
+    /// Piece `j` of the manifest's file table, with its proof. Answer:
+    /// [`Fetch::handle_file_piece`].
     FilePiece(u64),
+    /// Piece `j` of the manifest's chunk table, with its proof. Answer:
+    /// [`Fetch::handle_chunk_piece`].
     ChunkPiece(u64),
+    /// These chunks, by index in the manifest's chunk table, in the order
+    /// to ask for them. Answer: [`Fetch::handle_chunks`].
     Chunks(Vec<u64>),
 }
 
+/// What the shell must do next, from [`Fetch::poll_action`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<P> {
     /// Send this request; report its outcome with the same `id`.
-    Send { peer: P, id: u64, ask: Ask },
+    Send {
+        /// The peer to ask.
+        peer: P,
+        /// The request's id, unique in this fetch; quote it in the
+        /// `handle_*` call that reports the outcome.
+        id: u64,
+        /// What to ask for.
+        ask: Ask,
+    },
     /// The manifest is complete and verified: plan local reuse, then call
     /// [`Fetch::set_needed`].
     ManifestReady,
     /// The peer is banned for this sync (it sent bad data): the shell may
     /// disconnect it and should not offer it again for this root.
-    Banned { peer: P, reason: String },
+    Banned {
+        /// The banned peer.
+        peer: P,
+        /// What was wrong with what it sent, for logs.
+        reason: String,
+    },
 }
 
-/// Outcome of a request that did not carry the expected data.
+/// Outcome of a request that did not carry the expected data, for
+/// [`Fetch::handle_failure`]. `Io` and `Refused` are strikes (see the
+/// module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
+    /// The peer is overloaded: it is not asked again for `retry_after` and
+    /// its window halves. Not a strike.
     Busy {
+        /// The wait the peer asked for (clamped to 50 ms ..= 30 s).
         retry_after: Duration,
     },
+    /// The peer does not have the root (or no longer has it): it is not
+    /// asked again for this root, without further penalty.
     NotFound,
     /// Transport failure: the stream was reset or closed before a whole
     /// answer arrived, the connection dropped, the transport timed out.
     Io,
-    /// The peer refused to answer.
+    /// The peer refused to answer (a strike).
     Refused,
-    /// The peer sent something that is not a valid answer to the request.
+    /// The peer sent something that is not a valid answer to the request:
+    /// it is banned for this sync.
     Malformed(String),
 }
 
 /// A peer's record, visible for progress display and tests.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeerStats {
+    /// Whether it may be asked.
     pub state: PeerState,
+    /// Bytes it may have in flight at once (its congestion window).
     pub window: u64,
+    /// Bytes asked of it and not yet answered (header and pieces at an
+    /// estimated size).
     pub inflight_bytes: u64,
+    /// Requests to it not yet answered.
     pub inflight_requests: usize,
-    /// Measured throughput, bytes/s (EWMA), if any.
+    /// Measured throughput, bytes/s (EWMA over responses of 64 KiB or
+    /// more), if any.
     pub rate: Option<f64>,
+    /// Bytes of valid answers it delivered (chunks and headers by their
+    /// length, manifest pieces by an estimate).
     pub bytes_received: u64,
+    /// Chunks it delivered that the shell verified (duplicates included).
     pub chunks_ok: u64,
+    /// Requests to it that timed out.
     pub timeouts: u64,
+    /// `Busy` answers.
     pub busy: u64,
     /// Transport failures and refusals.
     pub failures: u64,
@@ -173,8 +229,10 @@ pub struct PeerStats {
     pub cool_offs: u32,
 }
 
+/// Whether a peer may be asked, in this sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerState {
+    /// May be asked (on probation while it has strikes).
     Active,
     /// Backed off (Busy or cool-off) until then.
     Waiting(Instant),
@@ -236,19 +294,32 @@ enum Phase {
     Failed(String),
 }
 
-/// Progress counters.
+/// Progress counters of one fetch ([`Fetch::progress`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Progress {
+    /// Chunks in the manifest (0 until it is known).
     pub chunks_total: u64,
+    /// Chunks to fetch: those given to [`Fetch::set_needed`] and
+    /// [`Fetch::add_needed`].
     pub chunks_needed: u64,
+    /// Needed chunks fetched and verified so far.
     pub chunks_done: u64,
+    /// Bytes of the needed chunks.
     pub bytes_needed: u64,
+    /// Bytes of the needed chunks fetched and verified so far.
     pub bytes_done: u64,
+    /// Requests of every kind sent, hedged copies included.
     pub requests_sent: u64,
+    /// Verified chunks that arrived after another copy (endgame
+    /// duplicates).
     pub duplicate_chunks: u64,
+    /// Chunk responses rejected for a chunk that failed verification (the
+    /// first bad chunk of each; its sender is banned).
     pub rejected_chunks: u64,
 }
 
+/// The state fetch scheduler for one trusted root; see the module
+/// documentation for the calling order. `P` identifies a peer.
 pub struct Fetch<P> {
     root: Hash,
     cfg: Config,
@@ -283,6 +354,9 @@ pub struct Fetch<P> {
 const ALPHA: f64 = 0.3;
 
 impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
+    /// A fetch of the state committed to by `root`, starting with its
+    /// header. `seed` (per node) fixes the order in which chunks are asked
+    /// for and the rank of otherwise equal peers.
     pub fn new(root: Hash, seed: u64, cfg: Config) -> Fetch<P> {
         Fetch {
             root,
@@ -318,22 +392,30 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         f
     }
 
+    /// The trusted root being fetched.
     pub fn root(&self) -> Hash {
         self.root
     }
 
+    /// The verified manifest, from [`Action::ManifestReady`] on.
     pub fn manifest(&self) -> Option<&Manifest> {
         self.manifest.as_ref()
     }
 
+    /// Progress counters.
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
 
+    /// The record of every peer added and not removed, in peer order;
+    /// banned and not-found peers stay listed after they went away.
     pub fn peer_stats(&self) -> impl Iterator<Item = (&P, &PeerStats)> {
         self.peers.iter().map(|(p, s)| (p, &s.stats))
     }
 
+    /// Whether every needed chunk is in. False before [`Fetch::set_needed`]
+    /// and after a failure ([`Fetch::failure`]); true again only once
+    /// chunks given to [`Fetch::add_needed`] are in too.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
     }
@@ -346,6 +428,10 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             .count()
     }
 
+    /// A peer that serves the root is connected: requests go to it from
+    /// now on. A peer already known (banned or not found in this sync
+    /// included) stays as it is; one that went away with strikes or
+    /// cool-offs gets them back.
     pub fn add_peer(&mut self, peer: P, now: Instant) {
         if !self.peers.contains_key(&peer) {
             let (strikes, cool_offs) = self.remembered.remove(&peer).unwrap_or((0, 0));
@@ -385,8 +471,9 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     }
 
     /// The peer disconnected: its requests go back to the queue (no penalty).
-    /// A banned or not-found peer keeps its record, so reconnecting does not
-    /// clear it.
+    /// A banned or not-found peer keeps its record, and the strikes and
+    /// cool-offs of any other are remembered (up to 4096 peers), so
+    /// reconnecting clears nothing.
     pub fn remove_peer(&mut self, peer: &P, now: Instant) {
         self.cancel_peer(peer);
         if self
@@ -403,6 +490,8 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.schedule(now);
     }
 
+    /// The next action for the shell, in order; `None` until a `handle_*`
+    /// call, [`Fetch::add_peer`] or a timeout creates more.
     pub fn poll_action(&mut self) -> Option<Action<P>> {
         self.actions.pop_front()
     }
@@ -432,6 +521,10 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         }
     }
 
+    /// Call at [`Fetch::poll_timeout`] (earlier is harmless): expires
+    /// requests past their deadline (a strike each), also asks another peer
+    /// for small requests unanswered for [`Config::hedge_after`], ends
+    /// back-offs that are over, and schedules.
     pub fn handle_timeout(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .inflight
@@ -537,7 +630,9 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         }
     }
 
-    /// A request failed without data.
+    /// Request `id` ended without the data asked for; [`Failure`] says what
+    /// each outcome costs the peer. Ids not in flight (answered, timed out,
+    /// cancelled) are ignored.
     pub fn handle_failure(&mut self, id: u64, failure: Failure, now: Instant) {
         let Some(r) = self.release(id) else {
             return;
@@ -570,7 +665,9 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.schedule(now);
     }
 
-    /// A header arrived for request `id`.
+    /// A header arrived for request `id`. It is verified against the root;
+    /// one that does not verify bans the peer. Once a header is known,
+    /// further ones are ignored. Ids not in flight are ignored.
     pub fn handle_header(&mut self, id: u64, bytes: &[u8], now: Instant) {
         let Some(r) = self.release(id) else {
             return;
@@ -597,7 +694,10 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.schedule(now);
     }
 
-    /// A file-table piece arrived.
+    /// Piece `index` of the file table arrived for request `id`, with its
+    /// proof. A piece other than the one asked, or one that does not verify
+    /// against the header, bans the peer. An answer to a request that was
+    /// not for a file piece, or an id not in flight, is ignored.
     pub fn handle_file_piece(
         &mut self,
         id: u64,
@@ -627,7 +727,10 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.schedule(now);
     }
 
-    /// A chunk-table piece arrived.
+    /// Piece `index` of the chunk table arrived for request `id`, with its
+    /// proof. A piece other than the one asked, or one that does not verify
+    /// against the header, bans the peer. An answer to a request that was
+    /// not for a chunk piece, or an id not in flight, is ignored.
     pub fn handle_chunk_piece(
         &mut self,
         id: u64,
@@ -658,7 +761,10 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     }
 
     /// The shell's plan: these chunks must be fetched; all others are
-    /// available locally (or were fetched by an earlier run).
+    /// available locally (or were fetched by an earlier run). Call it once,
+    /// after [`Action::ManifestReady`]: before the manifest there is no
+    /// chunk, and the fetch would count as done. Indices beyond the chunk
+    /// table are ignored.
     pub fn set_needed(&mut self, needed: impl IntoIterator<Item = u64>, now: Instant) {
         let n = self.chunks.len();
         for c in &mut self.chunks {
@@ -714,10 +820,13 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         self.schedule(now);
     }
 
-    /// Per-chunk outcome of a chunk request: `Ok(())` for a verified chunk
-    /// (already written by the shell), `Err(reason)` for one that failed
-    /// verification. Requested chunks absent from `results` were not sent
-    /// (byte budget) and go back to the queue without penalty.
+    /// Per-chunk outcome of chunk request `id`: `Ok(())` for a verified
+    /// chunk (already written by the shell), `Err(reason)` for one that
+    /// failed verification. Requested chunks absent from `results` were not
+    /// sent (byte budget) and go back to the queue without penalty. A chunk
+    /// that failed, or one that was not requested, bans the peer; the
+    /// chunks before it in `results` still count. Ids not in flight are
+    /// ignored.
     pub fn handle_chunks(&mut self, id: u64, results: &[(u64, Result<(), String>)], now: Instant) {
         let Some(r) = self.release(id) else {
             return;

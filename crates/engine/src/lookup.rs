@@ -5,14 +5,24 @@
 //! lookup but a range sync; more than `max_active` at once are refused; a
 //! lookup older than `ttl` is dropped even if nothing ever answers it (the
 //! "event-driven lookup with nothing left to wake it" of the field notes).
+//!
+//! [`Lookups`] owns the set of active lookups (by announced height) and only
+//! admits or refuses them; the shell fetches the blocks, calls
+//! [`Lookups::advanced`] when its head moves and [`Lookups::expire`] now and
+//! then.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// Bounds on lookups.
 #[derive(Clone, Debug)]
 pub struct LookupConfig {
+    /// Lookups active at once at most; more are refused ([`Admit::Full`]).
     pub max_active: usize,
+    /// Deepest lookup: the announced height at most this far above the head
+    /// (`height - head`); deeper is [`Admit::TooDeep`].
     pub max_depth: u64,
+    /// Age at which a lookup is dropped, answered or not.
     pub ttl: Duration,
 }
 
@@ -26,11 +36,18 @@ impl Default for LookupConfig {
     }
 }
 
+/// The answer of [`Lookups::admit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
     /// Fetch `start..=end` (the missing blocks between our head and it).
-    Fetch { start: u64, end: u64 },
-    /// Already being looked up.
+    Fetch {
+        /// The first missing height: the head plus one.
+        start: u64,
+        /// The last missing height: the announced height minus one.
+        end: u64,
+    },
+    /// Nothing to start: a lookup at or above this height is active, or
+    /// nothing is missing (the block is at most one above the head).
     Pending,
     /// Too deep: hand over to range sync.
     TooDeep,
@@ -38,6 +55,7 @@ pub enum Admit {
     Full,
 }
 
+/// The active lookups; see the module documentation.
 #[derive(Debug)]
 pub struct Lookups {
     cfg: LookupConfig,
@@ -46,6 +64,7 @@ pub struct Lookups {
 }
 
 impl Lookups {
+    /// No lookups yet.
     pub fn new(cfg: LookupConfig) -> Lookups {
         Lookups {
             cfg,
@@ -53,7 +72,10 @@ impl Lookups {
         }
     }
 
-    /// A block at `height` arrived while our head is `head`.
+    /// A block at `height` arrived while our head is `head`: whether to
+    /// look up the blocks in between. Expired lookups are dropped first. An
+    /// admitted lookup stays active until [`Lookups::advanced`] passes its
+    /// height or it is older than [`LookupConfig::ttl`].
     pub fn admit(&mut self, head: u64, height: u64, now: Instant) -> Admit {
         self.expire(now);
         if height <= head + 1 {
@@ -80,11 +102,14 @@ impl Lookups {
         self.active = self.active.split_off(&(head + 1));
     }
 
+    /// Drops lookups older than [`LookupConfig::ttl`]. [`Lookups::admit`]
+    /// calls it; call it before reading [`Lookups::active`].
     pub fn expire(&mut self, now: Instant) {
         let ttl = self.cfg.ttl;
         self.active.retain(|_, t| now.duration_since(*t) < ttl);
     }
 
+    /// Lookups active (neither satisfied nor dropped by the last expiry).
     pub fn active(&self) -> usize {
         self.active.len()
     }

@@ -1,38 +1,62 @@
 //! The peer set manager: keeps between `min_peers` and `max_peers`
 //! connections, dials known peers with a per-peer exponential backoff, runs
 //! discovery with a cooldown that grows after rounds that find nobody, and
-//! never loops when there is nothing to do.
+//! never loops when there is nothing to do. It owns the known peers (up to
+//! 4096, with up to 8 addresses each), their dial state and backoffs, and
+//! the discovery schedule; the shell owns the swarm.
 //!
 //! This is the Harmony incident (CPU and memory to 100% after 2-3 days of
 //! discovery and stream setup storms) turned into rules:
 //! - at most `max_concurrent_dials` dials in flight;
-//! - a peer whose dial failed waits `dial_backoff_base * 2^failures`
-//!   (capped) before the next dial; a peer that disconnected waits a backoff
-//!   that grows with the number of times it was dropped;
+//! - a peer whose dial failed waits `dial_backoff_base * 2^(failures - 1)`
+//!   (capped at `dial_backoff_max`) before the next dial, on its next
+//!   address; a peer that disconnected waits
+//!   `dial_backoff_base * 2^(drops - 1)` (capped), `drops` counting every
+//!   time it was dropped;
 //! - discovery runs only below `min_peers`, never while another round is in
 //!   flight, and waits `discovery_cooldown` after a round that found peers and
 //!   `empty_cooldown_base * 2^(empty rounds - 1)` (capped) after one that found
 //!   nobody;
-//! - a dial with no outcome is given up after `dial_timeout`.
+//! - a dial with no outcome is given up after `dial_timeout` (a failure),
+//!   and so is a discovery round (as one that found nobody).
 //!
-//! Sans-IO: the shell calls the `handle`-style methods and [`PeerManager::tick`]
-//! with the current time and performs the [`PeerAction`]s it polls.
+//! Sans-IO: the shell reports events with the current time
+//! ([`PeerManager::add_known`], [`PeerManager::connected`],
+//! [`PeerManager::disconnected`], [`PeerManager::dial_failed`],
+//! [`PeerManager::discovery_done`], [`PeerManager::penalize`]), calls
+//! [`PeerManager::tick`] periodically, and performs the [`PeerAction`]s it
+//! takes from [`PeerManager::poll_action`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// Tunables.
 #[derive(Clone, Debug)]
 pub struct PeerManagerConfig {
+    /// Below this many connections, known peers are dialled and, with none
+    /// to dial, discovery runs.
     pub min_peers: usize,
+    /// Above this many connections, the newest non-bootstrap ones are
+    /// closed.
     pub max_peers: usize,
+    /// Dials in flight at most.
     pub max_concurrent_dials: usize,
+    /// A dial, or a discovery round, with no outcome after this long is
+    /// given up.
     pub dial_timeout: Duration,
+    /// Wait before redialling a peer after its first failed dial or drop;
+    /// doubled for each further one.
     pub dial_backoff_base: Duration,
+    /// Longest such wait.
     pub dial_backoff_max: Duration,
+    /// Wait before the next discovery round after one that found peers.
     pub discovery_cooldown: Duration,
+    /// Wait after a first discovery round that found nobody; doubled for
+    /// each further empty round.
     pub empty_cooldown_base: Duration,
+    /// Longest such wait.
     pub empty_cooldown_max: Duration,
     /// Wait before redialing a peer we banned or that misbehaved.
     pub penalty: Duration,
@@ -58,10 +82,17 @@ impl Default for PeerManagerConfig {
     }
 }
 
+/// What the shell must do, from [`PeerManager::poll_action`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerAction<P, A> {
+    /// Dial this peer at this address (its addresses are tried in turn
+    /// after failures); report [`PeerManager::connected`] or
+    /// [`PeerManager::dial_failed`].
     Dial(P, A),
+    /// Run a discovery round; report [`PeerManager::discovery_done`].
     Discover,
+    /// Close the connections to this peer (over `max_peers`); report
+    /// [`PeerManager::disconnected`] once closed.
     Disconnect(P),
 }
 
@@ -86,11 +117,16 @@ struct Known<A> {
 /// Counters, for metrics and the churn regression test.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
+    /// Dials started.
     pub dials: u64,
+    /// Discovery rounds started.
     pub discoveries: u64,
+    /// Disconnects asked for (over `max_peers`).
     pub disconnects: u64,
 }
 
+/// The peer set manager; see the module documentation. `P` identifies a
+/// peer, `A` is an address.
 pub struct PeerManager<P, A> {
     cfg: PeerManagerConfig,
     known: HashMap<P, Known<A>>,
@@ -98,6 +134,7 @@ pub struct PeerManager<P, A> {
     discovering: Option<Instant>,
     next_discovery: Option<Instant>,
     empty_rounds: u32,
+    /// Counters.
     pub stats: PeerStats,
 }
 
@@ -105,6 +142,7 @@ const MAX_ADDRS: usize = 8;
 const MAX_KNOWN: usize = 4096;
 
 impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A> {
+    /// No known peers yet; nothing happens until the first event or tick.
     pub fn new(cfg: PeerManagerConfig) -> PeerManager<P, A> {
         PeerManager {
             cfg,
@@ -117,6 +155,7 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
         }
     }
 
+    /// Peers currently connected.
     pub fn connected_count(&self) -> usize {
         self.known
             .values()
@@ -131,12 +170,16 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
             .count()
     }
 
+    /// The next action for the shell, in order; `None` until an event or a
+    /// tick creates more.
     pub fn poll_action(&mut self) -> Option<PeerAction<P, A>> {
         self.actions.pop_front()
     }
 
     /// A peer and one of its addresses became known (bootstrap list,
-    /// identify, discovery). Bounded: addresses per peer and peers in total.
+    /// identify, discovery). Bounded: addresses per peer and peers in total
+    /// (beyond them the address or peer is ignored). A new peer may be
+    /// dialled at once.
     pub fn add_known(&mut self, peer: P, addr: A, bootstrap: bool, now: Instant) {
         if !self.known.contains_key(&peer) && self.known.len() >= MAX_KNOWN {
             return;
@@ -157,6 +200,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
         self.tick(now);
     }
 
+    /// A connection to `peer` is established (dialled by either side): it
+    /// counts towards the limits and its dial failures are forgotten. An
+    /// unknown peer becomes known, without an address to redial.
     pub fn connected(&mut self, peer: P, now: Instant) {
         let k = self.known.entry(peer).or_insert_with(|| Known {
             addrs: Vec::new(),
@@ -172,6 +218,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
         self.tick(now);
     }
 
+    /// The connection to `peer` closed: it may be dialled again after
+    /// `dial_backoff_base * 2^(drops - 1)` (capped), `drops` counting every
+    /// disconnect of this peer so far. That wait replaces any earlier one,
+    /// a [`PeerManager::penalize`] included.
     pub fn disconnected(&mut self, peer: P, now: Instant) {
         let (base, max) = (self.cfg.dial_backoff_base, self.cfg.dial_backoff_max);
         if let Some(k) = self.known.get_mut(&peer) {
@@ -182,6 +232,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
         self.tick(now);
     }
 
+    /// A dial of `peer` failed (or timed out): its next dial waits
+    /// `dial_backoff_base * 2^(failures - 1)` (capped) and uses its next
+    /// address. Ignored for a connected peer.
     pub fn dial_failed(&mut self, peer: P, now: Instant) {
         let (base, max) = (self.cfg.dial_backoff_base, self.cfg.dial_backoff_max);
         if let Some(k) = self.known.get_mut(&peer)
@@ -195,7 +248,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
         self.tick(now);
     }
 
-    /// The peer misbehaved: do not dial it again for a while.
+    /// The peer misbehaved: do not dial it for [`PeerManagerConfig::penalty`]
+    /// from now. It is not disconnected, and a later
+    /// [`PeerManager::disconnected`] replaces the wait with its own.
     pub fn penalize(&mut self, peer: &P, now: Instant) {
         if let Some(k) = self.known.get_mut(peer) {
             k.next_dial = now + self.cfg.penalty;
@@ -221,7 +276,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
         self.tick(now);
     }
 
-    /// Periodic check; also called after every event.
+    /// The periodic check, also run by every event method but
+    /// [`PeerManager::penalize`]: gives up dials and discovery rounds with no
+    /// outcome, dials or discovers below `min_peers`, disconnects above
+    /// `max_peers`.
     pub fn tick(&mut self, now: Instant) {
         // Dials with no outcome.
         let timeout = self.cfg.dial_timeout;
@@ -307,7 +365,10 @@ impl<P: Clone + Eq + Hash + Ord + Debug, A: Clone + PartialEq> PeerManager<P, A>
     }
 
     /// When the shell should call [`PeerManager::tick`] next, if anything is
-    /// scheduled; `None` means only an event can create work.
+    /// scheduled; `None` means only an event can create work. It can be in
+    /// the past with nothing due (a peer whose backoff is over, or a
+    /// discovery cooldown that ended, while enough peers are connected): a
+    /// shell that sleeps until then must sleep at least a little.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let dials = self
             .known

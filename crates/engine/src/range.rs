@@ -1,8 +1,12 @@
 //! Block range sync: forward (towards the head) and backward (backfill
-//! towards genesis), as one sans-IO state machine.
+//! down to a horizon), as one sans-IO state machine.
 //!
-//! The range to cover is cut into batches of `batch_size` heights. Each batch
-//! is always in exactly one [`BatchState`]:
+//! It owns the batches of one sync, the requests for them, the order in
+//! which they are handed out for processing, and the score of every peer;
+//! the shell fetches, verifies signatures and executes.
+//!
+//! The range to cover is cut into batches of `batch_size` heights. Each
+//! batch is always in exactly one [`BatchState`]:
 //!
 //! ```text
 //! AwaitingDownload -> Downloading -> AwaitingProcessing -> Processing -> AwaitingValidation (forward)
@@ -24,16 +28,21 @@
 //!   changing target (their request slots would leak).
 //! * Peer scores with fault attribution: bad data -1000 (banned for a
 //!   while), empty answers -100 (and the peer's claimed range is lowered so
-//!   we stop asking it), timeouts -50, success +10; a local
-//!   processing failure penalises nobody and is retried after a pause.
-//!   Banned peers come back after `ban_time` with a fresh score, so a node
-//!   can never end up with no peers forever.
+//!   we stop asking it), timeouts and transport errors -50, success +10; a
+//!   local processing failure penalises nobody and is retried after a
+//!   pause. A peer is banned when its score goes below zero. Banned peers
+//!   come back after `ban_time` with half the initial score, so a node can
+//!   never end up with no peers forever.
 //! * Forward, a processed batch waits in AwaitingValidation until the next
-//!   batch imports on top of it (a batch is trusted only once a later one
-//!   builds on it).
+//!   batch imports on top of it, and is then dropped. (It is bookkeeping
+//!   only: if the next batch fails, the batch below it is not downloaded
+//!   again.)
 //!
-//! The shell calls `add_peer`/`remove_peer`, `handle_blocks`,
-//! `handle_failure`, `processed` and `handle_timeout(now)`, then drains
+//! The shell creates it with [`RangeSync::forward`] or
+//! [`RangeSync::backward`], calls [`RangeSync::update_peer`] /
+//! [`RangeSync::remove_peer`], [`RangeSync::handle_blocks`],
+//! [`RangeSync::handle_failure`], [`RangeSync::processed`] and
+//! [`RangeSync::handle_timeout`] with the current time, then drains
 //! [`RangeSync::poll_action`] and sleeps until [`RangeSync::poll_timeout`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -43,27 +52,42 @@ use std::time::{Duration, Instant};
 
 /// What the core needs to know about a block.
 pub trait BlockInfo: Clone {
+    /// The block's height.
     fn height(&self) -> u64;
+    /// The block's hash.
     fn hash(&self) -> [u8; 32];
+    /// The hash of the block it builds on (the one at `height - 1`).
     fn parent(&self) -> [u8; 32];
 }
 
+/// Which way a [`RangeSync`] goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// Up from the local head towards the best head peers claim.
     Forward,
+    /// Down from the lowest local block to a horizon (backfill).
     Backward,
 }
 
+/// Tunables.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Heights per batch, so per request (at least 1).
     pub batch_size: u64,
+    /// Batches between AwaitingDownload and Processing at most (batches
+    /// awaiting validation are not counted).
     pub max_buffered: usize,
+    /// Requests in flight to one peer at most.
     pub max_requests_per_peer: usize,
+    /// Deadline of a request; past it the batch is asked again and the peer
+    /// scores [`SCORE_TIMEOUT`].
     pub request_timeout: Duration,
     /// Pause before a batch whose download failed on every peer is retried.
     pub retry_pause: Duration,
     /// Pause before retrying a batch after a local processing failure.
     pub local_retry_pause: Duration,
+    /// How long a peer whose score went below zero is not asked; it then
+    /// comes back with half of [`SCORE_INITIAL`].
     pub ban_time: Duration,
 }
 
@@ -82,38 +106,60 @@ impl Default for Config {
     }
 }
 
+/// Score of a newly seen peer. A peer whose score goes below zero is banned
+/// for [`Config::ban_time`].
 pub const SCORE_INITIAL: i32 = 100;
+/// Highest score: good service cannot bank more credit than this.
 pub const SCORE_MAX: i32 = 300;
+/// Added for an answer of the right shape.
 pub const SCORE_GOOD: i32 = 10;
+/// Added for a request that timed out or failed in transport.
 pub const SCORE_TIMEOUT: i32 = -50;
+/// Added for an empty answer, or for not having a range the peer claimed.
 pub const SCORE_EMPTY: i32 = -100;
+/// Added for bad data (a malformed or unverifiable answer, a block that
+/// processing rejected): bans any peer at once.
 pub const SCORE_BAD: i32 = -1000;
 
+/// Where a batch is; see the diagram in the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchState {
+    /// Not requested yet, or back in the queue after a failure (possibly
+    /// paused until a retry time).
     AwaitingDownload,
+    /// Requested from one peer; waiting for its answer or its deadline.
     Downloading,
+    /// Downloaded and of the right shape; waits for its turn to be
+    /// processed.
     AwaitingProcessing,
+    /// Handed to the shell ([`Action::Process`]); waits for
+    /// [`RangeSync::processed`].
     Processing,
+    /// Forward only: processed; dropped once the next batch is processed on
+    /// top of it.
     AwaitingValidation,
 }
 
 /// Why a request failed, as seen by the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RequestFault {
-    /// The peer answered BUSY: not a fault, try elsewhere.
+    /// The peer answered BUSY: not a fault (no score change); the batch is
+    /// asked of another peer if there is one.
     Busy,
-    /// The peer does not have the range (mild).
+    /// The peer does not have the range: [`SCORE_EMPTY`], and the range it
+    /// claims is lowered so it is not asked for those heights again.
     Missing,
-    /// Transport error or malformed answer.
+    /// Transport error or malformed answer: [`SCORE_TIMEOUT`].
     Io,
-    /// The answer could not be decoded or verified (bad data).
+    /// The answer could not be decoded or verified (bad data):
+    /// [`SCORE_BAD`].
     Bad(String),
 }
 
 /// The outcome of processing a batch, reported by the shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Processed {
+    /// Every block of the batch was imported.
     Ok,
     /// A block of the batch is invalid (signature, linkage, execution
     /// rejected it): the peer that served it is at fault.
@@ -122,20 +168,37 @@ pub enum Processed {
     Local(String),
 }
 
+/// What the shell must do next, from [`RangeSync::poll_action`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<P, B> {
     /// Ask `peer` for blocks `start..start+count` (ascending), tagged `id`.
     Request {
+        /// The peer to ask.
         peer: P,
+        /// The request's id; quote it in [`RangeSync::handle_blocks`] or
+        /// [`RangeSync::handle_failure`].
         id: u64,
+        /// The first height.
         start: u64,
+        /// Heights asked for, at most [`Config::batch_size`].
         count: u64,
     },
     /// Process these blocks (ascending heights) and report with
     /// [`RangeSync::processed`] quoting `batch`.
-    Process { batch: u64, blocks: Vec<B> },
-    /// The peer crossed the ban threshold.
-    Banned { peer: P, reason: String },
+    Process {
+        /// The batch's id: its start height.
+        batch: u64,
+        /// Its blocks, ascending, linked by parent hash.
+        blocks: Vec<B>,
+    },
+    /// The peer's score went below zero: it is not asked for
+    /// [`Config::ban_time`].
+    Banned {
+        /// The banned peer.
+        peer: P,
+        /// The fault that crossed the threshold, for logs.
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -181,21 +244,35 @@ struct PeerState {
     banned_until: Option<Instant>,
 }
 
+/// Counters, for metrics and tests.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Stats {
+    /// Requests sent.
     pub requests: u64,
+    /// Answers and failures reported for a request that is no longer the
+    /// batch's current one (or from another peer), dropped.
     pub stale_responses: u64,
+    /// Requests that timed out.
     pub timeouts: u64,
+    /// Empty answers and [`RequestFault::Missing`] failures.
     pub empty: u64,
+    /// Answers of the wrong shape, [`RequestFault::Bad`] failures and
+    /// batches that processing rejected.
     pub bad: u64,
+    /// [`RequestFault::Busy`] failures.
     pub busy: u64,
     /// Answers with a valid prefix of the range (the rest re-queued).
     pub partial: u64,
+    /// Local processing failures ([`Processed::Local`]).
     pub local_failures: u64,
+    /// Blocks received in current answers, whatever became of them.
     pub blocks_received: u64,
+    /// Batches processed successfully.
     pub batches_processed: u64,
 }
 
+/// One range sync, forward or backward; see the module documentation for
+/// the calling order. `P` identifies a peer, `B` is a block.
 pub struct RangeSync<P, B> {
     dir: Direction,
     cfg: Config,
@@ -210,6 +287,7 @@ pub struct RangeSync<P, B> {
     requests: HashMap<u64, u64>,
     next_id: u64,
     actions: VecDeque<Action<P, B>>,
+    /// Counters.
     pub stats: Stats,
 }
 
@@ -247,6 +325,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
         self.processed
     }
 
+    /// Forward: the best head claimed by a peer not banned (never below the
+    /// position). Backward: the horizon.
     pub fn target(&self) -> u64 {
         self.target
     }
@@ -265,6 +345,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
                 .all(|b| b.state == BatchState::AwaitingValidation)
     }
 
+    /// Every live batch as `(start, end, state)`, heights inclusive,
+    /// ascending.
     pub fn batch_states(&self) -> Vec<(u64, u64, BatchState)> {
         self.batches
             .values()
@@ -272,16 +354,19 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
             .collect()
     }
 
+    /// The score of `p`, if it is known.
     pub fn peer_score(&self, p: &P) -> Option<i32> {
         self.peers.get(p).map(|s| s.score)
     }
 
+    /// Peers known, banned ones included.
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
 
     /// A peer and the range of blocks it can serve (`low..=high`). Called
-    /// again when its status changes.
+    /// again when its status changes; a known peer keeps its score and ban.
+    /// Forward, the target follows the best head claimed.
     pub fn update_peer(&mut self, p: P, low: u64, high: u64, now: Instant) {
         let e = self.peers.entry(p).or_insert(PeerState {
             low,
@@ -563,7 +648,11 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
 
     /// Blocks answering request `id` from `peer`. Checks the shape (the
     /// requested heights, in order, linked by parent hash); the shell checks
-    /// signatures when processing.
+    /// signatures when processing. A valid prefix of the range is kept and
+    /// the rest queued as its own batch; an empty answer scores
+    /// [`SCORE_EMPTY`] and a wrong shape [`SCORE_BAD`], and the batch is
+    /// asked again, preferably of another peer. An answer to a request that
+    /// is not the batch's current one is counted stale and dropped.
     pub fn handle_blocks(&mut self, id: u64, peer: &P, blocks: Vec<B>, now: Instant) {
         let Some((start, p)) = self.take_request(id) else {
             self.stats.stale_responses += 1;
@@ -646,7 +735,9 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
         self.schedule(now);
     }
 
-    /// Request `id` failed.
+    /// Request `id` failed; [`RequestFault`] says what it costs the peer.
+    /// The batch is asked again, preferably of another peer (after
+    /// [`Config::retry_pause`] once every eligible peer has failed it).
     pub fn handle_failure(&mut self, id: u64, fault: RequestFault, now: Instant) {
         let Some((start, p)) = self.take_request(id) else {
             self.stats.stale_responses += 1;
@@ -678,7 +769,11 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
         self.schedule(now);
     }
 
-    /// Result of processing batch `batch`.
+    /// Result of processing batch `batch` (its start height, from
+    /// [`Action::Process`]); ignored unless that batch is being processed.
+    /// A bad block scores [`SCORE_BAD`] for the peer that served the batch,
+    /// which is downloaded again; a local failure retries the same blocks
+    /// after [`Config::local_retry_pause`].
     pub fn processed(&mut self, batch: u64, result: Processed, now: Instant) {
         let Some(b) = self.batches.get_mut(&batch) else {
             return;
@@ -744,6 +839,8 @@ impl<P: Clone + Eq + Hash + Ord + Debug, B: BlockInfo> RangeSync<P, B> {
         self.schedule(now);
     }
 
+    /// The next action for the shell, in order; `None` until an event or
+    /// [`RangeSync::handle_timeout`] creates more.
     pub fn poll_action(&mut self) -> Option<Action<P, B>> {
         self.actions.pop_front()
     }

@@ -10,7 +10,8 @@ use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use statesync_proto::{Advert, SignedAdvert};
 
-/// Signs `advert` with this node's identity.
+/// Signs `advert` with this node's identity. A key that cannot sign (an
+/// ed25519 key always can) yields an empty signature, which never verifies.
 pub fn sign(kp: &Keypair, advert: &Advert) -> SignedAdvert {
     let body = advert.encode();
     let msg = Advert::signing_bytes(&kp.public().to_peer_id().to_bytes(), &body);

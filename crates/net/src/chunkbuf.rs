@@ -1,5 +1,5 @@
 //! Block-aligned buffers for chunk data read off a stream, recycled through
-//! a small pool.
+//! a small pool (one per process, keeping at most 256 MiB).
 //!
 //! The fetcher reads each chunk of a `Chunks` response straight into one of
 //! these, and its writer hands the very same memory to the device with
@@ -93,6 +93,7 @@ impl ChunkBuf {
         })
     }
 
+    /// The buffer's `len` bytes, to fill.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &self.raw {
             // SAFETY: `len <= cap` bytes, all initialised, exclusively ours.

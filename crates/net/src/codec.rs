@@ -1,5 +1,8 @@
-//! Framing of `statesync-proto` messages on libp2p streams: a u32 length
-//! prefix checked against the direction's limit before anything is read.
+//! The request/response codecs of `/statesync/state/1` and
+//! `/statesync/blocks/1`: framing of `statesync-proto` messages on libp2p
+//! streams, a little-endian u32 length prefix checked against the
+//! direction's limit before anything is read. A `Chunks` response is read
+//! chunk by chunk into aligned buffers ([`ChunkBuf`]).
 
 use crate::chunkbuf::ChunkBuf;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,11 +20,17 @@ use std::marker::PhantomData;
 
 /// A protocol's messages and their per-direction size limits.
 pub trait Messages: Send + Sync + 'static {
+    /// The request.
     type Req: Send + 'static;
+    /// The response.
     type Resp: Send + 'static;
+    /// Longest request frame body accepted (bytes).
     const MAX_REQ: usize;
+    /// Longest response frame body accepted (bytes).
     const MAX_RESP: usize;
+    /// The encoded request: the frame's body.
     fn encode_req(r: &Self::Req) -> Vec<u8>;
+    /// Decodes a request frame's body.
     fn decode_req(b: &[u8]) -> Result<Self::Req, ProtoError>;
     /// The encoded response in pieces to write one after another (their
     /// concatenation is the frame's body).
@@ -38,7 +47,7 @@ pub trait Messages: Send + Sync + 'static {
     }
 }
 
-/// `/statesync/state/1`.
+/// The messages of `/statesync/state/1`.
 pub struct StateMessages;
 
 impl Messages for StateMessages {
@@ -64,7 +73,7 @@ impl Messages for StateMessages {
     }
 }
 
-/// `/statesync/blocks/1`.
+/// The messages of `/statesync/blocks/1`.
 pub struct BlockMessages;
 
 impl Messages for BlockMessages {
@@ -101,7 +110,11 @@ impl<M> Default for FramedCodec<M> {
     }
 }
 
+/// The codec of `/statesync/state/1`: [`Request`]s and [`Response`]s, the
+/// chunks of a `Chunks` response read straight into [`ChunkBuf`]s.
 pub type StateCodec = FramedCodec<StateMessages>;
+/// The codec of `/statesync/blocks/1`: [`BlockRequest`]s and
+/// [`BlockResponse`]s.
 pub type BlocksCodec = FramedCodec<BlockMessages>;
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {

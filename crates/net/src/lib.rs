@@ -1,16 +1,25 @@
-//! The libp2p layer of statesync.
+//! The libp2p layer of statesync: it owns the swarm a node runs
+//! ([`build_swarm`], [`Behaviour`], [`NetConfig`]), the wire codecs, the
+//! node's identity, and the buffers chunk data is read into.
 //!
 //! - Transports: TCP (bulk, the default) secured by libp2p's TLS 1.3 with
 //!   the cheapest cipher of this CPU ([`tls`]) or, for peers without TLS,
 //!   noise; yamux on top. QUIC as well.
 //! - Protocols: `/statesync/state/1` and `/statesync/blocks/1`
 //!   (request/response, one stream per request, framed and bounded by
-//!   `statesync-proto`), identify, ping,
+//!   `statesync-proto`: [`StateCodec`], [`BlocksCodec`]), identify, ping,
 //!   Kademlia for discovery.
 //! - [`OnePerPeer`]: when two nodes dial each other at once, both keep the
 //!   same single connection (the one dialed by the smaller peer id) and close
 //!   the other.
-//! - A persistent ed25519 identity in the data directory.
+//! - [`chunkbuf`]: block-aligned, pooled buffers that chunk data is read
+//!   into off the stream, for direct I/O without a copy.
+//! - [`advert`]: adverts of the checkpoints a node serves, signed with its
+//!   identity.
+//! - A persistent ed25519 identity in the data directory
+//!   ([`load_or_create_identity`]).
+
+#![warn(missing_docs)]
 
 pub mod advert;
 pub mod chunkbuf;
@@ -28,27 +37,58 @@ use libp2p::{StreamProtocol, Swarm, identify, kad, noise, ping, request_response
 use std::path::Path;
 use std::time::Duration;
 
-/// Everything a statesync node speaks.
-#[derive(NetworkBehaviour)]
-pub struct Behaviour {
-    pub state: request_response::Behaviour<StateCodec>,
-    pub blocks: request_response::Behaviour<BlocksCodec>,
-    pub identify: identify::Behaviour,
-    pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub one_per_peer: OnePerPeer,
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+mod behaviour {
+    // The derive generates `BehaviourEvent`, whose variants it leaves
+    // undocumented.
+    #![allow(missing_docs)]
+
+    use super::*;
+
+    /// Everything a statesync node speaks.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// `/statesync/state/1`: manifest headers and pieces, chunks and
+        /// adverts ([`NetConfig::request_timeout`],
+        /// [`NetConfig::max_concurrent_streams`]).
+        pub state: request_response::Behaviour<StateCodec>,
+        /// `/statesync/blocks/1`: chain statuses, block ranges and new blocks
+        /// (30 s timeout, 64 streams per connection).
+        pub blocks: request_response::Behaviour<BlocksCodec>,
+        /// Identify (`/statesync/id/1`): a peer's listen addresses and
+        /// protocols.
+        pub identify: identify::Behaviour,
+        /// Ping: liveness and round-trip times.
+        pub ping: ping::Behaviour,
+        /// Kademlia in server mode with an in-memory store, for discovery.
+        pub kad: kad::Behaviour<kad::store::MemoryStore>,
+        /// Closes duplicate connections to a peer.
+        pub one_per_peer: OnePerPeer,
+    }
 }
 
+/// Why the node's identity or swarm could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// Reading, decoding, creating or writing the identity file failed.
     #[error("identity file {path}: {err}")]
-    Identity { path: String, err: String },
+    Identity {
+        /// The identity file.
+        path: String,
+        /// What went wrong.
+        err: String,
+    },
+    /// Building the swarm failed (a security upgrade's configuration or
+    /// the behaviour).
     #[error("building the swarm: {0}")]
     Build(String),
 }
 
-/// Loads the node's ed25519 identity from `path`, creating it (mode 0600) if
-/// absent.
+/// Loads the node's identity from `path`, creating an ed25519 one (mode
+/// 0600) if the file is absent. A new key is written to a temporary file,
+/// synced and renamed into place; missing parent directories are created.
+/// Errors: [`NetError::Identity`].
 pub fn load_or_create_identity(path: &Path) -> Result<Keypair, NetError> {
     let err = |e: String| NetError::Identity {
         path: path.display().to_string(),
@@ -87,11 +127,14 @@ const YAMUX_MAX_STREAMS: usize = 512;
 /// Network tunables.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
-    /// Timeout of one request/response exchange at the transport level (the
-    /// scheduler has its own, adaptive, shorter ones).
+    /// Timeout of one state protocol request/response exchange at the
+    /// transport level (the scheduler has its own, adaptive, shorter ones;
+    /// the blocks protocol has a fixed 30 s).
     pub request_timeout: Duration,
-    /// Streams of the state protocol open at once per connection.
+    /// Streams of the state protocol open at once per connection (capped
+    /// at 512, yamux's limit).
     pub max_concurrent_streams: usize,
+    /// How long a connection that no protocol needs any more is kept open.
     pub idle_connection_timeout: Duration,
     /// The security protocol this node proposes first when it dials over
     /// TCP; the other one is proposed second and both are accepted.
@@ -127,7 +170,9 @@ impl Default for NetConfig {
 /// AES-128-GCM where the CPU has AES instructions (see [`tls`]: it halves
 /// the CPU spent encrypting bulk transfers compared with noise's
 /// ChaCha20-Poly1305); a stock libp2p node that speaks only noise still
-/// connects either way.
+/// connects either way. Listening and dialling are the caller's.
+///
+/// Errors: [`NetError::Build`].
 pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let b = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
     let rr_cfg = request_response::Config::default()

@@ -1,11 +1,13 @@
 //! Exactly one connection per peer, even when both sides dial at once.
 //!
 //! When a peer has more than one established connection, both sides keep the
-//! connection that was dialed by the smaller of the two peer ids (the oldest
-//! such one if there are several) and close the rest. Both sides apply the
-//! same rule to the same facts, so they converge on the same connection
-//! instead of each closing a different one (Harmony keyed streams by peer id
-//! for the same reason).
+//! connection that was dialed by the smaller of the two peer ids (if there
+//! are several, the one with the lowest local connection id, i.e. the first
+//! one started here; if there is none, the lowest local id of all) and close
+//! the rest. Both sides apply the same rule to the same facts, so they
+//! converge on the same connection instead of each closing a different one
+//! (Harmony keyed streams by peer id for the same reason). The behaviour
+//! adds no protocol of its own.
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
@@ -17,6 +19,8 @@ use libp2p::swarm::{
 use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll};
 
+/// The behaviour that closes duplicate connections; see the module
+/// documentation.
 pub struct OnePerPeer {
     local: PeerId,
     /// Established connections per peer: (id, dialed by us).
@@ -27,6 +31,7 @@ pub struct OnePerPeer {
 }
 
 impl OnePerPeer {
+    /// For the node whose peer id is `local`.
     pub fn new(local: PeerId) -> OnePerPeer {
         OnePerPeer {
             local,

@@ -36,7 +36,10 @@ pub use libp2p::tls::TlsStream;
 /// The libp2p TLS protocol name.
 pub const PROTOCOL: &str = "/tls/1.0.0";
 
-/// The bulk cipher a connection will use, by the client's preference.
+/// This node's TLS 1.3 cipher suites as a client, most preferred first:
+/// AES-GCM first where [`aes_in_hardware`], ChaCha20-Poly1305 first
+/// elsewhere. The server follows the client's order, so the first suite is
+/// the bulk cipher of the TLS connections this node dials.
 pub fn preferred_suites() -> [SupportedCipherSuite; 3] {
     if aes_in_hardware() {
         [
@@ -53,7 +56,7 @@ pub fn preferred_suites() -> [SupportedCipherSuite; 3] {
     }
 }
 
-/// What two statesync nodes on this machine encrypt bulk data with, for
+/// What a TLS connection this node dials encrypts bulk data with, for
 /// humans: "TLS 1.3, AES-128-GCM" or "TLS 1.3, ChaCha20-Poly1305".
 pub fn bulk_cipher() -> &'static str {
     if aes_in_hardware() {
@@ -66,6 +69,8 @@ pub fn bulk_cipher() -> &'static str {
 /// AES rounds and GHASH's carry-less multiply in hardware: where ring's
 /// AES-GCM beats its ChaCha20-Poly1305. Without them ring's AES is a
 /// constant-time software fallback several times slower than ChaCha20.
+/// x86_64: AES-NI, PCLMULQDQ and AVX; aarch64: AES and PMULL; false on
+/// other architectures.
 pub fn aes_in_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -94,8 +99,11 @@ pub struct Config {
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The self-signed certificate carrying our identity could not be made.
     #[error("TLS certificate for our identity: {0}")]
     Certificate(#[from] certificate::GenError),
+    /// rustls refused the client configuration (cipher suites that do not
+    /// support TLS 1.3, say).
     #[error("TLS configuration: {0}")]
     Rustls(rustls::Error),
 }
@@ -103,23 +111,32 @@ pub enum ConfigError {
 /// Why a TLS handshake failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
+    /// The handshake of an inbound connection failed (certificate checks
+    /// included).
     #[error("TLS handshake as server: {0}")]
     Server(std::io::Error),
+    /// The handshake of an outbound connection failed (certificate checks
+    /// included).
     #[error("TLS handshake as client: {0}")]
     Client(std::io::Error),
+    /// The peer's certificate is not a valid libp2p certificate.
     #[error("peer's certificate: {0}")]
     BadCertificate(#[from] certificate::ParseError),
+    /// The handshake completed without exactly one peer certificate (the
+    /// verifiers should have refused it).
     #[error("TLS handshake completed without exactly one peer certificate")]
     NoCertificate,
 }
 
 impl Config {
-    /// Like `libp2p::tls::Config::new`: a certificate for `identity`.
+    /// Like `libp2p::tls::Config::new`: a certificate for `identity`, with
+    /// the client preference of [`preferred_suites`].
     pub fn new(identity: &Keypair) -> Result<Self, ConfigError> {
         Self::with_suites(identity, &preferred_suites())
     }
 
-    /// With the client's cipher suite preference given (tests, benchmarks).
+    /// With the client's cipher suite preference given (tests,
+    /// benchmarks); the server side is `libp2p-tls`'s either way.
     pub fn with_suites(
         identity: &Keypair,
         suites: &[SupportedCipherSuite],

@@ -1,17 +1,18 @@
-//! Prometheus `/metrics` over plain HTTP (`--metrics 127.0.0.1:9100`):
-//! bytes served and fetched, chunks verified and rejected, peers, BUSY
-//! answers, and the chain node's heights and catch-up counters. The event
-//! loop refreshes the values every tick; scrapes only read atomics.
+//! Prometheus metrics of a node: bytes served and fetched, chunks verified
+//! and rejected, peers, BUSY answers, and the chain node's heights and
+//! catch-up counters. The event loop refreshes the values every tick;
+//! [`Metrics::render`] only reads atomics (an embedder serves the text
+//! wherever it likes; the `statesync` binary on `--metrics ADDR`).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The node's metrics (names prefixed `statesync_`).
 #[derive(Default)]
+#[allow(missing_docs)]
 pub struct Metrics {
     registry: Registry,
     pub bytes_served: Counter,
@@ -43,11 +44,13 @@ pub fn set(c: &Counter, v: u64) {
     }
 }
 
+/// Sets a gauge to `v` (saturating at `i64::MAX`).
 pub fn gauge(g: &Gauge, v: u64) {
     g.set(i64::try_from(v).unwrap_or(i64::MAX));
 }
 
 impl Metrics {
+    /// A registry with every metric at zero.
     pub fn new() -> Arc<Metrics> {
         let mut m = Metrics::default();
         let mut r = Registry::with_prefix("statesync");
@@ -130,58 +133,10 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// The OpenMetrics text of all metrics.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = encode(&mut s, &self.registry);
         s
     }
-}
-
-/// Serves `GET /metrics` on `addr` until the process exits.
-pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> std::io::Result<()> {
-    let l = tokio::net::TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = l.accept().await {
-            let m = m.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                // Read the request head (bounded; slow clients time out).
-                let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                    while n < buf.len() {
-                        match sock.read(&mut buf[n..]).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => n += k,
-                        }
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                let ok = read.is_ok() && buf[..n].starts_with(b"GET /metrics");
-                let (status, body, ctype) = if ok {
-                    (
-                        "200 OK",
-                        m.render(),
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )
-                } else {
-                    (
-                        "404 Not Found",
-                        "only GET /metrics\n".to_string(),
-                        "text/plain",
-                    )
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    Ok(())
 }

@@ -1,7 +1,10 @@
 //! The serving side: answers state requests from a checkpoint store, with
 //! per-peer and global byte-weighted token buckets, a cap on concurrent
 //! requests per peer, and an explicit BUSY / NOT_FOUND for every request
-//! that is not served. Only promoted checkpoints are ever served.
+//! that is not served. Only promoted checkpoints are ever served; served
+//! checkpoints are leased (pinned) while peers fetch them; a sample of
+//! served chunks is checked against the manifest, and a checkpoint found
+//! damaged on disk is withdrawn (docs/sync.md).
 
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -18,7 +21,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Debug)]
+/// Serving limits (docs/sync.md, "Serving").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServeLimits {
     /// Per-peer bytes per second (token bucket, burst of one second).
     pub peer_bytes_per_sec: u64,
@@ -40,8 +44,11 @@ impl Default for ServeLimits {
 
 /// A checkpoint being served.
 pub struct Served {
+    /// Its height.
     pub height: u64,
+    /// Its manifest.
     pub manifest: Manifest,
+    /// Its files.
     pub state_dir: PathBuf,
     /// Set when a served chunk read from disk did not match its manifest:
     /// what was found. The checkpoint is then no longer served.
@@ -71,18 +78,24 @@ impl Served {
 pub const SELF_CHECK_EVERY: u64 = 64;
 static SERVED_CHUNKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Counters for metrics and tests.
+/// Counters for metrics and status.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ServeStats {
+    /// State requests received.
     pub requests: u64,
+    /// Chunk bytes sent.
     pub bytes_served: u64,
+    /// Requests answered BUSY.
     pub busy: u64,
+    /// Requests answered NOT_FOUND.
     pub not_found: u64,
+    /// Block bytes sent (chain node).
     pub block_bytes_served: u64,
     /// Checkpoints withdrawn because a served chunk did not match.
     pub damaged: u64,
 }
 
+/// The serving state of a node: what it serves, its limits, its leases.
 pub struct Server {
     store: Option<Store>,
     served: HashMap<Hash, Arc<Served>>,
@@ -91,6 +104,7 @@ pub struct Server {
     peer_limiter: RateLimiter<PeerId, DefaultKeyedStateStore<PeerId>, DefaultClock>,
     global_limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
     active: HashMap<PeerId, usize>,
+    /// Counters.
     pub stats: ServeStats,
     advert_seq: u64,
     advert_entries: Vec<AdvertEntry>,
@@ -99,20 +113,13 @@ pub struct Server {
     leases: HashMap<u64, Instant>,
     /// Roots found damaged on disk: never served again by this process.
     damaged: std::collections::HashSet<Hash>,
-    /// Test fault: serve a forged manifest whose paths escape with `../`.
-    evil: Option<Arc<Evil>>,
-    evil_wanted: bool,
-}
-
-/// A forged manifest (test fault injection): every path prefixed with `../`,
-/// under a root recomputed over the forged file table, so that a fetcher
-/// given that root must reject it by its paths, not by its hashes.
-pub struct Evil {
-    pub root: Hash,
-    header: statesync_manifest::RootHeader,
-    files: Vec<statesync_manifest::FileEntry>,
-    tree: statesync_manifest::merkle::MerkleTree,
-    real: Arc<Served>,
+    /// Checkpoints found damaged since the last [`Server::take_damaged`].
+    newly_damaged: Vec<(u64, Hash, String)>,
+    /// Fault injection: a forged manifest served in place of the real one.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) evil: Option<Arc<crate::fault::Evil>>,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) evil_wanted: bool,
 }
 
 /// Token-bucket units are KiB so that a second's worth fits in a u32.
@@ -123,6 +130,7 @@ fn quota(bytes_per_sec: u64) -> Quota {
 }
 
 impl Server {
+    /// Serves the checkpoints of `store` (none without one) within `limits`.
     pub fn new(store: Option<Store>, limits: ServeLimits) -> Server {
         Server {
             peer_limiter: RateLimiter::keyed(quota(limits.peer_bytes_per_sec)),
@@ -136,7 +144,10 @@ impl Server {
             advert_seq: 0,
             advert_entries: Vec::new(),
             damaged: std::collections::HashSet::new(),
+            newly_damaged: Vec::new(),
+            #[cfg(feature = "fault-injection")]
             evil: None,
+            #[cfg(feature = "fault-injection")]
             evil_wanted: false,
             leases: HashMap::new(),
         }
@@ -178,40 +189,6 @@ impl Server {
         }
     }
 
-    /// Turns on the forged-manifest fault; returns its root once a
-    /// checkpoint is available.
-    pub fn enable_evil(&mut self) -> Option<Hash> {
-        self.evil_wanted = true;
-        self.refresh(true);
-        self.evil.as_ref().map(|e| e.root)
-    }
-
-    fn build_evil(real: Arc<Served>) -> Evil {
-        use statesync_manifest::format::file_leaf;
-        let files: Vec<_> = real
-            .manifest
-            .files()
-            .iter()
-            .map(|f| statesync_manifest::FileEntry {
-                path: format!("../escape-{}", f.path),
-                ..f.clone()
-            })
-            .collect();
-        let tree =
-            statesync_manifest::merkle::MerkleTree::new(files.iter().map(file_leaf).collect());
-        let header = statesync_manifest::RootHeader {
-            files_root: tree.root(),
-            ..*real.manifest.header()
-        };
-        Evil {
-            root: header.root(),
-            header,
-            files,
-            tree,
-            real,
-        }
-    }
-
     /// Re-reads the store's checkpoint list (at most once a second unless
     /// forced). Returns true if the set of served roots changed.
     pub fn refresh(&mut self, force: bool) -> bool {
@@ -234,10 +211,13 @@ impl Server {
                 && self.damaged.insert(*root)
             {
                 self.stats.damaged += 1;
-                eprintln!(
-                    "error: checkpoint {} (root {root}) is damaged on disk: {what}; no longer served",
+                tracing::error!(
+                    height = s.height,
+                    %root,
+                    "checkpoint {} is damaged on disk: {what}; no longer served",
                     s.height
                 );
+                self.newly_damaged.push((s.height, *root, what.clone()));
             }
         }
         for c in list {
@@ -258,25 +238,9 @@ impl Server {
         let changed =
             next.len() != self.served.len() || next.keys().any(|k| !self.served.contains_key(k));
         self.served = next;
-        if self.evil_wanted
-            && self.evil.is_none()
-            && let Some(real) = self.served.values().next().cloned()
-        {
-            self.evil = Some(Arc::new(Server::build_evil(real)));
-            self.advert_seq = statesync_manifest::stats::now_ns() as u64;
-            self.advert_entries = self
-                .evil
-                .iter()
-                .map(|e| AdvertEntry {
-                    height: e.real.height,
-                    root: e.root,
-                    bytes: e.real.manifest.total_size(),
-                })
-                .collect();
-            return true;
-        }
-        if self.evil.is_some() {
-            return false;
+        #[cfg(feature = "fault-injection")]
+        if let Some(changed) = crate::fault::refresh_evil(self) {
+            return changed;
         }
         if changed {
             self.advert_seq = statesync_manifest::stats::now_ns() as u64;
@@ -296,6 +260,37 @@ impl Server {
         changed
     }
 
+    /// Checkpoints found damaged on disk since the last call: (height,
+    /// root, what did not match).
+    pub fn take_damaged(&mut self) -> Vec<(u64, Hash, String)> {
+        std::mem::take(&mut self.newly_damaged)
+    }
+
+    /// Heights served now.
+    pub fn heights(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.served.values().map(|s| s.height).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Wall-clock nanoseconds as the advert sequence number: newer
+    /// adverts of this node always compare higher.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn next_seq(&mut self) {
+        self.advert_seq = statesync_manifest::stats::now_ns() as u64;
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn served_any(&self) -> Option<Arc<Served>> {
+        self.served.values().next().cloned()
+    }
+
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn set_advert(&mut self, entries: Vec<AdvertEntry>) {
+        self.advert_entries = entries;
+    }
+
+    /// What this node advertises.
     pub fn advert(&self) -> Advert {
         Advert {
             seq: self.advert_seq,
@@ -318,6 +313,7 @@ impl Server {
                 });
             }
         };
+        #[cfg(feature = "fault-injection")]
         if let Some(e) = &self.evil
             && e.root == root
         {
@@ -351,6 +347,7 @@ impl Server {
         Ok(Job {
             served,
             req: req.clone(),
+            #[cfg(feature = "fault-injection")]
             evil: None,
         })
     }
@@ -420,42 +417,20 @@ impl Server {
 
 /// A request admitted for serving; [`Job::run`] does the file I/O.
 pub struct Job {
-    served: Arc<Served>,
-    req: Request,
-    evil: Option<Arc<Evil>>,
+    pub(crate) served: Arc<Served>,
+    pub(crate) req: Request,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) evil: Option<Arc<crate::fault::Evil>>,
 }
 
 impl Job {
+    /// Reads what was asked from disk (on a blocking thread) and builds
+    /// the answer.
     pub fn run(self) -> Response {
         let m = &self.served.manifest;
-        if let Some(e) = &self.evil {
-            match &self.req {
-                Request::GetHeader { .. } => {
-                    return Response::Header {
-                        header: e.header.encode(),
-                    };
-                }
-                Request::GetFilePiece { index, .. } => {
-                    let n = e.files.len() as u64;
-                    let level = statesync_manifest::format::piece_level(
-                        n,
-                        statesync_manifest::format::FILE_PIECE_LEVEL,
-                    );
-                    let Some((lo, hi)) = statesync_manifest::format::piece_range(
-                        n,
-                        statesync_manifest::format::FILE_PIECE_LEVEL,
-                        *index,
-                    ) else {
-                        return Response::NotFound;
-                    };
-                    return Response::FilePiece {
-                        index: *index,
-                        entries: e.files[lo..hi].to_vec(),
-                        proof: e.tree.proof(level, *index).unwrap_or_default(),
-                    };
-                }
-                _ => {}
-            }
+        #[cfg(feature = "fault-injection")]
+        if let Some(resp) = crate::fault::evil_answer(&self) {
+            return resp;
         }
         match self.req {
             Request::GetHeader { .. } => Response::Header {

@@ -1,4 +1,9 @@
-//! Output helpers: human text or JSON, and a progress bar on a TTY.
+//! Output: human text or JSON on stdout, a progress bar on a terminal.
+//!
+//! Everything the binary prints to stdout goes through `outln!` /
+//! [`print_json`]: when the reader goes away (`statesync manifest show m
+//! --files | head`), the command ends quietly with exit code 0 instead of
+//! panicking on the broken pipe.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use statesync_manifest::build::Progress;
@@ -7,14 +12,45 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Writes one line to stdout; a closed stdout ends the process quietly.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let r = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = r.and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader has all it wanted.
+            std::process::exit(0);
+        }
+        eprintln!("error: write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` for stdout that ends quietly when the reader is gone.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::output::write_line(format_args!($($arg)*)) };
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => write_line(format_args!("{s}")),
         Err(e) => eprintln!("error: cannot encode JSON output: {e}"),
     }
 }
 
+/// Prints a value as one line of JSON on stdout (JSON-lines streams).
+pub fn print_json_line<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string(v) {
+        Ok(s) => write_line(format_args!("{s}")),
+        Err(e) => eprintln!("error: cannot encode JSON output: {e}"),
+    }
+}
+
+/// Bytes in binary units.
 pub fn bytes(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -30,6 +66,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A rate in binary units per second.
 pub fn rate(bytes_: u64, secs: f64) -> String {
     if secs <= 0.0 {
         return "-".into();
