@@ -185,6 +185,7 @@ pub struct PruneReport {
 
 /// A checkpoint store: the directory tree described in the crate docs and
 /// docs/store.md. It holds only the root path; all state is on disk.
+#[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
 }

@@ -30,6 +30,7 @@
 pub mod driver;
 pub mod local;
 pub mod promote;
+pub mod request;
 pub mod staging;
 pub mod target;
 pub mod writer;
