@@ -118,7 +118,7 @@ impl Writer {
         for _ in 0..n {
             let i = self.writes;
             // Most writes update one of the first thousand keys; some add.
-            let key = format!("key-{:05}", if i % 3 == 0 { i } else { i % 1000 });
+            let key = format!("key-{:05}", if i.is_multiple_of(3) { i } else { i % 1000 });
             self.kv.put(&key, &value(i, i / every))?;
             self.writes += 1;
             if self.writes.is_multiple_of(every) {
