@@ -167,6 +167,7 @@ impl ServeOpts {
             peer_bytes_per_sec: self.peer_rate_mib.map_or(d.peer_bytes_per_sec, mib),
             global_bytes_per_sec: self.global_rate_mib.map_or(d.global_bytes_per_sec, mib),
             max_concurrent_per_peer: self.max_concurrent.unwrap_or(d.max_concurrent_per_peer),
+            ..d
         }
     }
 }

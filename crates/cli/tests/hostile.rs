@@ -115,3 +115,108 @@ fn stalling_and_trickling_peers_get_few_requests_and_the_fetch_completes() {
         assert_eq!(peer_record(&sum, &h.addr)["bytes"], 0);
     }
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A client that opens streams, asks for chunks and never reads the
+/// answers (the half-open stream attack): the server's answers in progress
+/// are bounded per peer and in total and dropped when not drained, so its
+/// memory stays bounded; the client is refused after its answers went
+/// undelivered; an honest fetch from the same server completes meanwhile.
+#[test]
+fn a_client_that_never_reads_cannot_exhaust_the_servers_memory() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 80, "64MiB", "31");
+    let status = d.path().join("srv.status");
+    let (srv, addr) = serve(d.path(), "srv", &store, &["--status-file", s(&status)]);
+    let pid = srv.pid();
+    let r = Hash::from_hex(&root).unwrap();
+    // 200 streams of 4 MiB answers at once (800 MiB if the server held
+    // them all), then one more every 50 ms.
+    let attacker = hostile::client(hostile::ClientMode::NeverReads, &addr, r, 4, 200, 2000);
+    let mut peak = 0;
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        peak = peak.max(rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = d.path().join("out");
+    let sampler = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s2.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        (stop, h)
+    };
+    let o = fetch(d.path(), "f", &root, &out, &[&addr], &[]);
+    sampler.0.store(true, Ordering::Relaxed);
+    peak = peak.max(sampler.1.join().unwrap());
+    let sum = summary(&o, d.path(), "f");
+    verify(&out, &root);
+    eprintln!(
+        "server peak RSS {} MiB under attack ({} requests sent); honest fetch {:.2} s",
+        peak / 1024,
+        attacker.sent.load(Ordering::Relaxed),
+        sum["seconds"].as_f64().unwrap_or(0.0)
+    );
+    assert!(attacker.sent.load(Ordering::Relaxed) >= 200);
+    assert!(peak < 256 * 1024, "server RSS reached {} MiB", peak / 1024);
+    // The undelivered answers are dropped after their drain deadline (10 s
+    // plus 16 s for 4 MiB) and the client is refused from then on.
+    wait_for(
+        "the attacker's answers dropped and the attacker refused",
+        Duration::from_secs(60),
+        || {
+            std::fs::read(&status)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| {
+                    v["serve"]["undelivered"].as_u64().unwrap_or(0) > 0
+                        && v["serve"]["refused"].as_u64().unwrap_or(0) > 0
+                })
+        },
+    );
+}
+
+/// A peer whose requests are oversized (a length prefix beyond the
+/// protocol's limit) is blocked after three: its connection closes and
+/// every new one is refused, while honest fetches go on.
+#[test]
+fn a_peer_sending_oversized_requests_is_blocked() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 20, "4MiB", "32");
+    let status = d.path().join("srv.status");
+    let (_srv, addr) = serve(d.path(), "srv", &store, &["--status-file", s(&status)]);
+    let r = Hash::from_hex(&root).unwrap();
+    let attacker = hostile::client(hostile::ClientMode::Oversized, &addr, r, 1, 8, 100);
+    wait_for("the attacker blocked", Duration::from_secs(30), || {
+        std::fs::read(&status)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v["blocked"].as_u64() == Some(1))
+    });
+    // It keeps redialling; each connection is refused at once.
+    let before = attacker.disconnects.load(Ordering::Relaxed);
+    assert!(before >= 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&addr], &[]);
+    summary(&o, d.path(), "f");
+    verify(&out, &root);
+}

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod catchup;
 pub mod decide;
 pub mod fetch;

@@ -202,22 +202,78 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, parts: &[Bytes]) 
     io.flush().await
 }
 
+/// A peer must send a request within this long once its stream is open.
+pub const REQUEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The slowest a peer may drain an answer before its stream is dropped:
+/// a fixed allowance plus this rate. A client that opens streams and never
+/// reads them (a half-open stream attack) holds the answer's memory for that
+/// long at most, not for the whole request timeout.
+pub const MIN_DRAIN_BYTES_PER_SEC: u64 = 256 << 10;
+/// See [`MIN_DRAIN_BYTES_PER_SEC`].
+pub const DRAIN_ALLOWANCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long writing `len` bytes of an answer may take.
+pub fn drain_deadline(len: usize) -> std::time::Duration {
+    DRAIN_ALLOWANCE
+        + std::time::Duration::from_secs_f64(len as f64 / MIN_DRAIN_BYTES_PER_SEC as f64)
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// A request as read off a peer's stream: a valid one, or what was wrong
+/// with it. libp2p reports nothing about a request whose read fails, so a
+/// malformed one (an oversized length, bytes that do not decode) is handed
+/// up as a value for the node to count against the peer; sending one is
+/// refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound<R> {
+    /// A well-formed request.
+    Request(R),
+    /// What was wrong with it.
+    Malformed(String),
+}
+
+impl<R> From<R> for Inbound<R> {
+    fn from(r: R) -> Self {
+        Inbound::Request(r)
+    }
 }
 
 #[async_trait::async_trait]
 impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
     type Protocol = StreamProtocol;
-    type Request = M::Req;
+    type Request = Inbound<M::Req>;
     type Response = M::Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<M::Req>
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Inbound<M::Req>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_frame(io, M::MAX_REQ).await?;
-        M::decode_req(&buf).map_err(invalid)
+        let frame = tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame(io, M::MAX_REQ))
+            .await
+            .map_err(|_| timed_out("reading the request"))?;
+        let buf = match frame {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Ok(Inbound::Malformed(e.to_string()));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match M::decode_req(&buf) {
+            Ok(r) => Inbound::Request(r),
+            Err(e) => Inbound::Malformed(e.to_string()),
+        })
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<M::Resp>
@@ -232,12 +288,15 @@ impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: M::Req,
+        req: Inbound<M::Req>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &[Bytes::from(M::encode_req(&req))]).await
+        match req {
+            Inbound::Request(r) => write_frame(io, &[Bytes::from(M::encode_req(&r))]).await,
+            Inbound::Malformed(_) => Err(invalid("a malformed request is not sent")),
+        }
     }
 
     async fn write_response<T>(
@@ -249,6 +308,10 @@ impl<M: Messages> libp2p::request_response::Codec for FramedCodec<M> {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &M::encode_resp(&res)).await
+        let parts = M::encode_resp(&res);
+        let len = parts.iter().map(|p| p.len()).sum();
+        tokio::time::timeout(drain_deadline(len), write_frame(io, &parts))
+            .await
+            .map_err(|_| timed_out("the peer draining the answer"))?
     }
 }

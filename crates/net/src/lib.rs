@@ -27,13 +27,16 @@ mod codec;
 mod one_per_peer;
 pub mod tls;
 
-pub use codec::{BlocksCodec, StateCodec};
+pub use codec::{BlocksCodec, Inbound, StateCodec};
 pub use libp2p;
 pub use one_per_peer::OnePerPeer;
 
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, Swarm, identify, kad, noise, ping, request_response, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, allow_block_list, connection_limits, identify, kad,
+    memory_connection_limits, noise, ping, request_response, tcp, yamux,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -65,6 +68,15 @@ mod behaviour {
         pub kad: kad::Behaviour<kad::store::MemoryStore>,
         /// Closes duplicate connections to a peer.
         pub one_per_peer: OnePerPeer,
+        /// Bounds on connections: established in total and per peer,
+        /// pending incoming ([`NetConfig::max_connections`] and friends).
+        pub limits: connection_limits::Behaviour,
+        /// Refuses new connections while the process uses more than
+        /// [`NetConfig::max_memory_fraction`] of the machine's memory.
+        pub memory: memory_connection_limits::Behaviour,
+        /// Peers refused outright (in and out) while they are blocked: the
+        /// node blocks peers that sent malformed requests.
+        pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     }
 }
 
@@ -139,6 +151,16 @@ pub struct NetConfig {
     /// The security protocol this node proposes first when it dials over
     /// TCP; the other one is proposed second and both are accepted.
     pub security: Security,
+    /// Established connections at most, in and out together.
+    pub max_connections: u32,
+    /// Incoming connections still in their handshake at most.
+    pub max_pending_incoming: u32,
+    /// Established connections to one peer at most (two nodes dialling
+    /// each other at once briefly hold two).
+    pub max_connections_per_peer: u32,
+    /// Refuse new connections while this process uses more than this
+    /// fraction of the machine's memory.
+    pub max_memory_fraction: f64,
 }
 
 /// The security protocol a node proposes first on TCP.
@@ -158,6 +180,10 @@ impl Default for NetConfig {
             max_concurrent_streams: 256,
             idle_connection_timeout: Duration::from_secs(60),
             security: Security::Tls,
+            max_connections: 256,
+            max_pending_incoming: 64,
+            max_connections_per_peer: 2,
+            max_memory_fraction: 0.8,
         }
     }
 }
@@ -184,6 +210,12 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
     // included) silently switches it back to yamux 0.12 with fixed 256 KiB
     // windows per stream, so none is called.
     let yamux_cfg = yamux::Config::default();
+    let limits = (
+        cfg.max_connections,
+        cfg.max_pending_incoming,
+        cfg.max_connections_per_peer,
+        cfg.max_memory_fraction,
+    );
     let behaviour = |key: &Keypair| -> Behaviour {
         let peer_id = key.public().to_peer_id();
         let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
@@ -212,6 +244,14 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
             ping: ping::Behaviour::new(ping::Config::new()),
             kad,
             one_per_peer: OnePerPeer::new(peer_id),
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(limits.0))
+                    .with_max_pending_incoming(Some(limits.1))
+                    .with_max_established_per_peer(Some(limits.2)),
+            ),
+            memory: memory_connection_limits::Behaviour::with_max_percentage(limits.3),
+            blocked: allow_block_list::Behaviour::default(),
         }
     };
     let idle = cfg.idle_connection_timeout;

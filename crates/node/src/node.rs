@@ -341,6 +341,9 @@ pub struct Status {
     pub dials: u64,
     /// Discovery rounds run.
     pub discoveries: u64,
+    /// Peers blocked now (their connections are refused), for sending
+    /// malformed requests.
+    pub blocked: usize,
     /// Serving counters, if it serves.
     pub serve: Option<ServeStats>,
     /// The scheduler counters of the first running fetch, if any.

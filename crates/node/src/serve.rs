@@ -1,22 +1,20 @@
-//! The serving side: answers state requests from a checkpoint store, with
-//! per-peer and global byte-weighted token buckets, a cap on concurrent
-//! requests per peer, and an explicit BUSY / NOT_FOUND for every request
-//! that is not served. Only promoted checkpoints are ever served; served
+//! The serving side: answers state requests from a checkpoint store within
+//! limits decided by the sans-IO admission core
+//! ([`statesync_engine::admission`]: fair shares of the global rate,
+//! bounded requests and bytes in progress per peer and in total, refusal of
+//! peers that do not drain their answers), and an explicit BUSY /
+//! NOT_FOUND / REFUSED for every request that is not served. Only promoted checkpoints are ever served; served
 //! checkpoints are leased (pinned) while peers fetch them; a sample of
 //! served chunks is checked against the manifest, and a checkpoint found
 //! damaged on disk is withdrawn (docs/sync.md).
 
-use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
+use statesync_engine::admission::{Admission, AdmissionConfig, Outcome, Ticket, Verdict};
 use statesync_manifest::format::Manifest;
 use statesync_manifest::hash::Hash;
 use statesync_net::libp2p::PeerId;
 use statesync_proto::{Advert, AdvertEntry, MAX_BATCH_BYTES, Request, Response};
 use statesync_store::Store;
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,20 +22,42 @@ use std::time::{Duration, Instant};
 /// Serving limits (docs/sync.md, "Serving").
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServeLimits {
-    /// Per-peer bytes per second (token bucket, burst of one second).
+    /// Bytes per second one peer may get at most (token bucket, burst of
+    /// one second); less when the global rate is shared.
     pub peer_bytes_per_sec: u64,
-    /// All peers together.
+    /// All peers together, shared evenly among the active ones.
     pub global_bytes_per_sec: u64,
-    /// Requests being answered at once for one peer.
+    /// Requests in progress for one peer (read, or being sent).
     pub max_concurrent_per_peer: usize,
+    /// Bytes of answers in progress for one peer.
+    pub max_inflight_per_peer: u64,
+    /// Bytes of answers in progress over all peers (bounds the memory
+    /// answers can hold, whatever peers do).
+    pub max_inflight_total: u64,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
+        let a = AdmissionConfig::default();
         ServeLimits {
-            peer_bytes_per_sec: 512 << 20,
-            global_bytes_per_sec: 2 << 30,
-            max_concurrent_per_peer: 16,
+            peer_bytes_per_sec: a.peer_bytes_per_sec,
+            global_bytes_per_sec: a.global_bytes_per_sec,
+            max_concurrent_per_peer: a.max_concurrent_per_peer,
+            max_inflight_per_peer: a.max_inflight_per_peer,
+            max_inflight_total: a.max_inflight_total,
+        }
+    }
+}
+
+impl ServeLimits {
+    fn admission(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            peer_bytes_per_sec: self.peer_bytes_per_sec,
+            global_bytes_per_sec: self.global_bytes_per_sec,
+            max_concurrent_per_peer: self.max_concurrent_per_peer,
+            max_inflight_per_peer: self.max_inflight_per_peer,
+            max_inflight_total: self.max_inflight_total,
+            ..AdmissionConfig::default()
         }
     }
 }
@@ -89,6 +109,13 @@ pub struct ServeStats {
     pub busy: u64,
     /// Requests answered NOT_FOUND.
     pub not_found: u64,
+    /// Requests answered REFUSED (peers that did not drain their answers,
+    /// cooling off).
+    pub refused: u64,
+    /// Answers that could not be delivered (the peer stopped reading).
+    pub undelivered: u64,
+    /// Bytes of answers in progress now.
+    pub inflight_bytes: u64,
     /// Block bytes sent (chain node).
     pub block_bytes_served: u64,
     /// Checkpoints withdrawn because a served chunk did not match.
@@ -100,10 +127,7 @@ pub struct Server {
     store: Option<Store>,
     served: HashMap<Hash, Arc<Served>>,
     last_scan: Option<Instant>,
-    limits: ServeLimits,
-    peer_limiter: RateLimiter<PeerId, DefaultKeyedStateStore<PeerId>, DefaultClock>,
-    global_limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock>,
-    active: HashMap<PeerId, usize>,
+    admission: Admission<PeerId>,
     /// Counters.
     pub stats: ServeStats,
     advert_seq: u64,
@@ -122,24 +146,14 @@ pub struct Server {
     pub(crate) evil_wanted: bool,
 }
 
-/// Token-bucket units are KiB so that a second's worth fits in a u32.
-fn quota(bytes_per_sec: u64) -> Quota {
-    let kib = (bytes_per_sec / 1024).clamp(1, u64::from(u32::MAX)) as u32;
-    let n = NonZeroU32::new(kib).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(n).allow_burst(n)
-}
-
 impl Server {
     /// Serves the checkpoints of `store` (none without one) within `limits`.
     pub fn new(store: Option<Store>, limits: ServeLimits) -> Server {
         Server {
-            peer_limiter: RateLimiter::keyed(quota(limits.peer_bytes_per_sec)),
-            global_limiter: RateLimiter::direct(quota(limits.global_bytes_per_sec)),
+            admission: Admission::new(limits.admission(), Instant::now()),
             store,
             served: HashMap::new(),
             last_scan: None,
-            limits,
-            active: HashMap::new(),
             stats: ServeStats::default(),
             advert_seq: 0,
             advert_entries: Vec::new(),
@@ -319,6 +333,7 @@ impl Server {
         {
             return Ok(Job {
                 served: e.real.clone(),
+                ticket: None,
                 req: req.clone(),
                 evil: Some(e.clone()),
             });
@@ -340,71 +355,53 @@ impl Server {
                 .min(MAX_BATCH_BYTES as u64),
             _ => 256 * 1024,
         };
-        if let Err(retry_after_ms) = self.charge(peer, cost) {
-            return Err(Response::Busy { retry_after_ms });
-        }
+        let ticket = self.charge(peer, cost)?;
         self.lease(served.height);
         Ok(Job {
             served,
+            ticket: Some(ticket),
             req: req.clone(),
             #[cfg(feature = "fault-injection")]
             evil: None,
         })
     }
 
-    /// Admission of `cost` bytes of work for `peer`: the concurrency cap and
-    /// both token buckets. On success the request counts as active until
-    /// [`Server::finished`] (or [`Server::finished_blocks`]); otherwise the
-    /// answer is BUSY with this retry time in milliseconds.
-    pub fn charge(&mut self, peer: PeerId, cost: u64) -> Result<(), u32> {
-        let active = self.active.get(&peer).copied().unwrap_or(0);
-        if active >= self.limits.max_concurrent_per_peer {
-            self.stats.busy += 1;
-            return Err(100);
-        }
-        let units = NonZeroU32::new(((cost / 1024).max(1)).min(u64::from(u32::MAX)) as u32)
-            .unwrap_or(NonZeroU32::MIN);
-        let clock = DefaultClock::default();
-        // A request larger than a whole second's budget is charged one
-        // second's worth (it cannot ever fit otherwise).
-        let clamp = |u: NonZeroU32, per_sec: u64| {
-            let cap = ((per_sec / 1024).max(1)).min(u64::from(u32::MAX)) as u32;
-            NonZeroU32::new(u.get().min(cap)).unwrap_or(NonZeroU32::MIN)
-        };
-        let pu = clamp(units, self.limits.peer_bytes_per_sec);
-        if let Ok(Err(not_until)) = self.peer_limiter.check_key_n(&peer, pu) {
-            self.stats.busy += 1;
-            let wait = not_until.wait_time_from(clock.now());
-            return Err(wait.as_millis().clamp(10, 30_000) as u32);
-        }
-        let gu = clamp(units, self.limits.global_bytes_per_sec);
-        if let Ok(Err(not_until)) = self.global_limiter.check_n(gu) {
-            self.stats.busy += 1;
-            let wait = not_until.wait_time_from(clock.now());
-            return Err(wait.as_millis().clamp(10, 30_000) as u32);
-        }
-        *self.active.entry(peer).or_default() += 1;
-        Ok(())
-    }
-
-    /// A block request admitted by [`Server::charge`] was answered.
-    pub fn finished_blocks(&mut self, peer: PeerId, bytes: u64) {
-        self.release(peer);
-        self.stats.block_bytes_served += bytes;
-    }
-
-    fn release(&mut self, peer: PeerId) {
-        if let Some(n) = self.active.get_mut(&peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.active.remove(&peer);
+    /// Admission of `cost` bytes of work for `peer` (see
+    /// [`statesync_engine::admission`]): a ticket to hand back to
+    /// [`Server::done`] once the answer was sent or failed, or the answer
+    /// to give instead (BUSY with a retry time, or REFUSED).
+    pub fn charge(&mut self, peer: PeerId, cost: u64) -> Result<Ticket, Response> {
+        match self.admission.admit(&peer, cost, Instant::now()) {
+            Verdict::Admit(t) => Ok(t),
+            Verdict::Busy { retry_after, .. } => {
+                self.stats.busy += 1;
+                Err(Response::Busy {
+                    retry_after_ms: retry_after.as_millis().clamp(10, 30_000) as u32,
+                })
+            }
+            Verdict::Refused { for_ } => {
+                self.stats.refused += 1;
+                Err(Response::Refused {
+                    reason: format!(
+                        "answers to this peer went undelivered; refused for {} s",
+                        for_.as_secs().max(1)
+                    ),
+                })
             }
         }
     }
 
-    /// A job for `peer` finished (answered or failed).
-    pub fn finished(&mut self, peer: PeerId, resp: &Response) {
-        self.release(peer);
+    /// An admitted request ended: its answer was delivered, could not be
+    /// (the peer's doing), or was dropped for a reason that is nobody's.
+    pub fn done(&mut self, peer: PeerId, ticket: Ticket, outcome: Outcome) {
+        self.admission.done(&peer, ticket, outcome, Instant::now());
+        let a = self.admission.stats();
+        self.stats.undelivered = a.undelivered;
+        self.stats.inflight_bytes = a.inflight_bytes;
+    }
+
+    /// Counts what an answer carries (before it is sent).
+    pub fn record(&mut self, resp: &Response) {
         match resp {
             Response::Chunks { chunks } => {
                 self.stats.bytes_served += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
@@ -412,12 +409,15 @@ impl Server {
             Response::NotFound => self.stats.not_found += 1,
             _ => {}
         }
+        self.stats.inflight_bytes = self.admission.stats().inflight_bytes;
     }
 }
 
 /// A request admitted for serving; [`Job::run`] does the file I/O.
 pub struct Job {
     pub(crate) served: Arc<Served>,
+    /// Handed back by [`Job::run`] for [`Server::done`].
+    ticket: Option<Ticket>,
     pub(crate) req: Request,
     #[cfg(feature = "fault-injection")]
     pub(crate) evil: Option<Arc<crate::fault::Evil>>,
@@ -426,7 +426,14 @@ pub struct Job {
 impl Job {
     /// Reads what was asked from disk (on a blocking thread) and builds
     /// the answer.
-    pub fn run(self) -> Response {
+    /// Reads what was asked and builds the answer; returns it with the
+    /// admission ticket.
+    pub fn run(mut self) -> (Response, Option<Ticket>) {
+        let t = self.ticket.take();
+        (self.answer(), t)
+    }
+
+    fn answer(self) -> Response {
         let m = &self.served.manifest;
         #[cfg(feature = "fault-injection")]
         if let Some(resp) = crate::fault::evil_answer(&self) {

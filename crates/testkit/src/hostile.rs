@@ -235,3 +235,187 @@ pub fn start(mode: Mode, root: Hash) -> Hostile {
         _rt: rt,
     }
 }
+
+/// How a hostile client misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientMode {
+    /// Opens streams, asks for chunks and never reads the answers (a
+    /// half-open stream attack on the server's memory).
+    NeverReads,
+    /// Sends requests whose length prefix exceeds the protocol's limit.
+    Oversized,
+}
+
+#[derive(Clone)]
+struct ClientCodec {
+    mode: ClientMode,
+}
+
+#[async_trait::async_trait]
+impl request_response::Codec for ClientCodec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        // Never reads: the answer stays in the server's buffers.
+        futures::future::pending::<()>().await;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let body = req.encode();
+        match self.mode {
+            ClientMode::NeverReads => {
+                let mut f = (body.len() as u32).to_le_bytes().to_vec();
+                f.extend_from_slice(&body);
+                write_all(io, &f).await
+            }
+            ClientMode::Oversized => {
+                let mut f = ((statesync_proto::MAX_REQUEST_LEN as u32) + 1)
+                    .to_le_bytes()
+                    .to_vec();
+                f.extend_from_slice(&body);
+                write_all(io, &f).await
+            }
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// A hostile client running in this process (stopped when dropped).
+pub struct HostileClient {
+    /// Requests sent so far.
+    pub sent: Arc<AtomicU64>,
+    /// Times its connection to the server was closed.
+    pub disconnects: Arc<AtomicU64>,
+    /// Connections established.
+    pub connects: Arc<AtomicU64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+/// Starts a client that connects to `server` (`.../p2p/<id>`) and sends
+/// requests for chunks `0..chunks` of `root` the way `mode` says: `burst`
+/// at once, then one every 50 ms, `total` at most; it redials when
+/// disconnected.
+pub fn client(
+    mode: ClientMode,
+    server: &str,
+    root: Hash,
+    chunks: u64,
+    burst: u64,
+    total: u64,
+) -> HostileClient {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sent = Arc::new(AtomicU64::new(0));
+    let disconnects = Arc::new(AtomicU64::new(0));
+    let connects = Arc::new(AtomicU64::new(0));
+    let (s2, d2, c2) = (sent.clone(), disconnects.clone(), connects.clone());
+    let addr: Multiaddr = server.parse().expect("server address");
+    rt.spawn(async move {
+        let Ok(b) = statesync_net::libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+        else {
+            return;
+        };
+        let Ok(b) = b.with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                ClientCodec { mode },
+                [(
+                    StreamProtocol::new(statesync_proto::PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(3600))
+                    .with_max_concurrent_streams(1000),
+            )
+        });
+        let mut swarm = b
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        let Some(statesync_net::libp2p::multiaddr::Protocol::P2p(server_id)) = addr.iter().last()
+        else {
+            return;
+        };
+        let _ = swarm.dial(addr.clone());
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut connected = false;
+        loop {
+            tokio::select! {
+                ev = swarm.select_next_some() => match ev {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        connected = true;
+                        c2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+                        connected = false;
+                        d2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    SwarmEvent::OutgoingConnectionError { .. } => connected = false,
+                    _ => {}
+                },
+                _ = tick.tick() => {
+                    if !connected {
+                        let _ = swarm.dial(addr.clone());
+                        continue;
+                    }
+                    let n = if sent == 0 { burst } else { 1 };
+                    for _ in 0..n {
+                        if sent >= total {
+                            break;
+                        }
+                        let indices: Vec<u64> = (0..chunks).collect();
+                        swarm.behaviour_mut().send_request(&server_id, Request::GetChunks { root, indices });
+                        sent += 1;
+                        s2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    HostileClient {
+        sent,
+        disconnects,
+        connects,
+        _rt: rt,
+    }
+}

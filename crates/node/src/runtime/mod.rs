@@ -20,10 +20,13 @@ use crate::fetch::driver::{FetchDriver, FetchMsg, FetchOut, FetchRequest};
 use crate::metrics::Metrics;
 use crate::node::{FetchStatus, NodeConfig, StartError, Status};
 use crate::serve::Server;
+use statesync_engine::admission::{Outcome, Ticket};
 use statesync_engine::peers::{PeerAction, PeerManager, PeerManagerConfig};
 use statesync_net::libp2p::identity::Keypair;
 use statesync_net::libp2p::multiaddr::Protocol;
-use statesync_net::libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use statesync_net::libp2p::request_response::{
+    InboundRequestId, OutboundRequestId, ResponseChannel,
+};
 use statesync_net::libp2p::{Multiaddr, PeerId, Swarm};
 use statesync_net::{Behaviour, NetConfig};
 use statesync_proto::blocks::BlockResponse;
@@ -44,12 +47,16 @@ pub(crate) enum Task {
     /// A state request answered off the loop.
     Served {
         peer: PeerId,
+        request: InboundRequestId,
+        ticket: Option<Ticket>,
         channel: ResponseChannel<Response>,
         resp: Response,
     },
     /// A block request answered off the loop.
     BlocksServed {
         peer: PeerId,
+        request: InboundRequestId,
+        ticket: Ticket,
         channel: ResponseChannel<BlockResponse>,
         resp: BlockResponse,
         bytes: u64,
@@ -109,6 +116,15 @@ pub(crate) struct EventLoop {
     adverts: HashMap<PeerId, Advert>,
     connected: HashSet<PeerId>,
     pending: HashMap<OutboundRequestId, Pending>,
+    /// Answers handed to libp2p and not yet delivered (state, blocks):
+    /// their admission tickets, released when delivered or failed.
+    answering: HashMap<InboundRequestId, (PeerId, Ticket)>,
+    answering_blocks: HashMap<InboundRequestId, (PeerId, Ticket)>,
+    /// Malformed requests per peer (oversized, undecodable): three and it
+    /// is disconnected and kept away.
+    malformed: HashMap<PeerId, u32>,
+    /// Peers blocked (connections refused) until then.
+    blocked_until: HashMap<PeerId, Instant>,
     listen: Vec<Multiaddr>,
     cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
@@ -260,6 +276,10 @@ impl EventLoop {
             adverts: HashMap::new(),
             connected: HashSet::new(),
             pending: HashMap::new(),
+            answering: HashMap::new(),
+            answering_blocks: HashMap::new(),
+            malformed: HashMap::new(),
+            blocked_until: HashMap::new(),
             listen: Vec::new(),
             cmds,
             events,
@@ -387,7 +407,11 @@ impl EventLoop {
             };
             match out {
                 ChainOut::Send { peer, tag, req } => {
-                    let rid = self.swarm.behaviour_mut().blocks.send_request(&peer, req);
+                    let rid = self
+                        .swarm
+                        .behaviour_mut()
+                        .blocks
+                        .send_request(&peer, req.into());
                     self.pending.insert(rid, Pending::Chain { tag });
                 }
                 ChainOut::StartFetch { id, req } => {
@@ -415,7 +439,11 @@ impl EventLoop {
             while let Some(out) = self.fetches.get_mut(&id).and_then(|f| f.poll()) {
                 match out {
                     FetchOut::Send { peer, sched, req } => {
-                        let rid = self.swarm.behaviour_mut().state.send_request(&peer, req);
+                        let rid = self
+                            .swarm
+                            .behaviour_mut()
+                            .state
+                            .send_request(&peer, req.into());
                         self.pending.insert(rid, Pending::Fetch { id, sched });
                     }
                     FetchOut::Penalize(p) => self.peers.penalize(&p, now),
@@ -524,32 +552,52 @@ impl EventLoop {
         match t {
             Task::Served {
                 peer,
+                request,
+                ticket,
                 channel,
                 resp,
             } => {
                 if let Some(s) = self.server.as_mut() {
-                    s.finished(peer, &resp);
+                    s.record(&resp);
                 }
-                let _ = self
+                let sent = self
                     .swarm
                     .behaviour_mut()
                     .state
                     .send_response(channel, resp);
+                if let Some(t) = ticket {
+                    match sent {
+                        // Counted until delivered: an answer the peer does
+                        // not drain still holds memory.
+                        Ok(()) => {
+                            self.answering.insert(request, (peer, t));
+                        }
+                        Err(_) => self.answer_done(peer, t, Outcome::Dropped),
+                    }
+                }
             }
             Task::BlocksServed {
                 peer,
+                request,
+                ticket,
                 channel,
                 resp,
                 bytes,
             } => {
                 if let Some(s) = self.server.as_mut() {
-                    s.finished_blocks(peer, bytes);
+                    s.stats.block_bytes_served += bytes;
                 }
-                let _ = self
+                match self
                     .swarm
                     .behaviour_mut()
                     .blocks
-                    .send_response(channel, resp);
+                    .send_response(channel, resp)
+                {
+                    Ok(()) => {
+                        self.answering_blocks.insert(request, (peer, ticket));
+                    }
+                    Err(_) => self.answer_done(peer, ticket, Outcome::Dropped),
+                }
             }
             Task::Fetch { id, msg } => {
                 // From a replaced or stopped driver: dropped.
@@ -592,7 +640,24 @@ impl EventLoop {
         if let Some(s) = self.server.as_mut() {
             s.release_leases(false);
         }
+        let expired: Vec<PeerId> = self
+            .blocked_until
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in expired {
+            self.blocked_until.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+        }
         Flow::Continue
+    }
+
+    /// Releases an answer's admission ticket.
+    fn answer_done(&mut self, peer: PeerId, ticket: Ticket, outcome: Outcome) {
+        if let Some(s) = self.server.as_mut() {
+            s.done(peer, ticket, outcome);
+        }
     }
 
     /// Re-reads the store (at most once a second unless `force`) and
@@ -615,7 +680,8 @@ impl EventLoop {
                     &p,
                     Request::Announce {
                         advert: adv.clone(),
-                    },
+                    }
+                    .into(),
                 );
                 self.pending.insert(rid, Pending::Announce);
             }
@@ -650,7 +716,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .state
-                    .send_request(&p, Request::GetAdvert);
+                    .send_request(&p, Request::GetAdvert.into());
                 self.pending.insert(rid, Pending::Advert(p));
             }
         }
@@ -700,6 +766,7 @@ impl EventLoop {
             duplicates_closed: b.one_per_peer.duplicates_closed,
             dials: self.peers.stats.dials,
             discoveries: self.peers.stats.discoveries,
+            blocked: self.blocked_until.len(),
             serve: self.server.as_ref().map(|s| s.stats.clone()),
             fetch: self
                 .fetches

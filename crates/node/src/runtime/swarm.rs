@@ -4,11 +4,13 @@
 use super::{EventLoop, Flow, Pending, Task};
 use crate::chain::Answer;
 use crate::event::Event;
-use statesync_net::BehaviourEvent;
+use statesync_engine::admission::Outcome;
 use statesync_net::libp2p::multiaddr::Protocol;
 use statesync_net::libp2p::request_response::{self, ResponseChannel};
+use statesync_net::libp2p::request_response::{InboundFailure, InboundRequestId};
 use statesync_net::libp2p::swarm::SwarmEvent;
 use statesync_net::libp2p::{Multiaddr, PeerId, identify, kad};
+use statesync_net::{BehaviourEvent, Inbound};
 use statesync_proto::blocks::{BlockRequest, BlockResponse};
 use statesync_proto::{Advert, Request, Response};
 use std::time::Instant;
@@ -38,7 +40,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .state
-                    .send_request(&peer_id, Request::GetAdvert);
+                    .send_request(&peer_id, Request::GetAdvert.into());
                 self.pending.insert(rid, Pending::Advert(peer_id));
                 if endpoint.is_dialer() {
                     self.swarm
@@ -123,14 +125,20 @@ impl EventLoop {
 
     fn on_blocks_event(
         &mut self,
-        ev: request_response::Event<BlockRequest, BlockResponse>,
+        ev: request_response::Event<Inbound<BlockRequest>, BlockResponse>,
         now: Instant,
     ) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
-                } => self.on_block_request(peer, request, channel, now),
+                    request_id,
+                    request,
+                    channel,
+                } => match request {
+                    Inbound::Request(r) => self.on_block_request(peer, request_id, r, channel, now),
+                    // No answer: the stream closes.
+                    Inbound::Malformed(why) => self.malformed_request(peer, &why, now),
+                },
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -149,13 +157,70 @@ impl EventLoop {
                     c.on_block_failure(tag, now);
                 }
             }
-            _ => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                if let Some((peer, t)) = self.answering_blocks.remove(&request_id) {
+                    self.answer_done(peer, t, Outcome::Sent);
+                }
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let answer = self.answering_blocks.remove(&request_id);
+                self.inbound_failed(peer, answer, &error, now);
+            }
+        }
+    }
+
+    /// An inbound request or its answer failed: release the answer's
+    /// ticket (a strike if the peer did not drain it), and count malformed
+    /// requests against the peer.
+    fn inbound_failed(
+        &mut self,
+        peer: PeerId,
+        answer: Option<(PeerId, statesync_engine::admission::Ticket)>,
+        error: &InboundFailure,
+        now: Instant,
+    ) {
+        if let Some((p, t)) = answer {
+            let outcome = match error {
+                InboundFailure::Timeout | InboundFailure::Io(_) => Outcome::Undelivered,
+                _ => Outcome::Dropped,
+            };
+            self.answer_done(p, t, outcome);
+            return;
+        }
+        if let InboundFailure::Io(e) = error
+            && e.kind() == std::io::ErrorKind::InvalidData
+        {
+            self.malformed_request(peer, &e.to_string(), now);
+        }
+    }
+
+    /// A request that was not well formed: three from a peer and it is
+    /// blocked for ten minutes.
+    fn malformed_request(&mut self, peer: PeerId, why: &str, now: Instant) {
+        let n = self.malformed.entry(peer).or_default();
+        *n += 1;
+        debug!(%peer, "malformed request: {why}");
+        {
+            if *n >= 3 {
+                self.malformed.remove(&peer);
+                tracing::warn!(%peer, "blocking a peer that sent malformed requests for 10 min");
+                self.peers.penalize(&peer, now);
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+                self.blocked_until
+                    .insert(peer, now + std::time::Duration::from_secs(600));
+            }
         }
     }
 
     fn on_block_request(
         &mut self,
         peer: PeerId,
+        request: InboundRequestId,
         req: BlockRequest,
         channel: ResponseChannel<BlockResponse>,
         now: Instant,
@@ -178,14 +243,21 @@ impl EventLoop {
         let (Some(server), Some(chain)) = (self.server.as_mut(), self.chain.as_ref()) else {
             return;
         };
-        if let Err(retry_after_ms) = server.charge(peer, cost) {
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .blocks
-                .send_response(channel, BlockResponse::Busy { retry_after_ms });
-            return;
-        }
+        let ticket = match server.charge(peer, cost) {
+            Ok(t) => t,
+            Err(resp) => {
+                let retry_after_ms = match resp {
+                    statesync_proto::Response::Busy { retry_after_ms } => retry_after_ms,
+                    _ => 10_000,
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, BlockResponse::Busy { retry_after_ms });
+                return;
+            }
+        };
         let store = chain.block_store();
         let tx = self.tasks_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -199,6 +271,8 @@ impl EventLoop {
             };
             let _ = tx.send(Task::BlocksServed {
                 peer,
+                request,
+                ticket,
                 channel,
                 resp,
                 bytes,
@@ -206,12 +280,21 @@ impl EventLoop {
         });
     }
 
-    fn on_state_event(&mut self, ev: request_response::Event<Request, Response>, now: Instant) {
+    fn on_state_event(
+        &mut self,
+        ev: request_response::Event<Inbound<Request>, Response>,
+        now: Instant,
+    ) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
-                } => self.on_state_request(peer, request, channel, now),
+                    request_id,
+                    request,
+                    channel,
+                } => match request {
+                    Inbound::Request(r) => self.on_state_request(peer, request_id, r, channel, now),
+                    Inbound::Malformed(why) => self.malformed_request(peer, &why, now),
+                },
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -240,13 +323,27 @@ impl EventLoop {
                     f.on_failure(sched, &error, now);
                 }
             }
-            _ => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                if let Some((peer, t)) = self.answering.remove(&request_id) {
+                    self.answer_done(peer, t, Outcome::Sent);
+                }
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let answer = self.answering.remove(&request_id);
+                self.inbound_failed(peer, answer, &error, now);
+            }
         }
     }
 
     fn on_state_request(
         &mut self,
         peer: PeerId,
+        request_id: InboundRequestId,
         request: Request,
         channel: ResponseChannel<Response>,
         now: Instant,
@@ -287,13 +384,15 @@ impl EventLoop {
                         let tx = self.tasks_tx.clone();
                         tokio::task::spawn_blocking(move || {
                             #[allow(unused_mut)]
-                            let mut resp = job.run();
+                            let (mut resp, ticket) = job.run();
                             #[cfg(feature = "fault-injection")]
                             if corrupt {
                                 crate::fault::corrupt(&mut resp);
                             }
                             let _ = tx.send(Task::Served {
                                 peer,
+                                request: request_id,
+                                ticket,
                                 channel,
                                 resp,
                             });
