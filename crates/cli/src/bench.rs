@@ -22,10 +22,13 @@ pub enum BenchCmd {
         /// Where generated data is kept between runs.
         #[arg(long, default_value = "bench-data")]
         dir: PathBuf,
+        /// Total size of the generated state (e.g. 2GiB).
         #[arg(long, default_value = "2GiB", value_parser = synth::parse_size)]
         size: u64,
+        /// Number of files.
         #[arg(long, default_value_t = 600)]
         files: u64,
+        /// Timed rounds (medians are reported).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
         /// Percent of chunks changed between the two versions.
@@ -35,26 +38,35 @@ pub enum BenchCmd {
     /// State sync (1 and 4 serving processes) vs an rsync daemon: full, and
     /// incremental from an old checkpoint.
     Sync {
+        /// Where generated data is kept between runs.
         #[arg(long, default_value = "bench-data-sync")]
         dir: PathBuf,
+        /// Total size of the generated state (e.g. 2GiB).
         #[arg(long, default_value = "2GiB", value_parser = synth::parse_size)]
         size: u64,
+        /// Number of files.
         #[arg(long, default_value_t = 600)]
         files: u64,
+        /// Timed rounds, alternating statesync and rsync (medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Percent of chunks changed for the incremental runs.
         #[arg(long, default_value_t = 5.0)]
         changed_pct: f64,
     },
     /// Block range sync over libp2p vs replaying the same blocks from the
     /// local store; time to head of the scaled IC incident.
     Blocks {
+        /// Where generated data is kept between runs.
         #[arg(long, default_value = "bench-data-blocks")]
         dir: PathBuf,
+        /// Blocks to sync and replay.
         #[arg(long, default_value_t = 3000)]
         blocks: u64,
+        /// Timed rounds (medians are reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// State size of the chain, MiB.
         #[arg(long, default_value_t = 64)]
         state_mib: u64,
         /// Skip the scaled incident run.

@@ -19,8 +19,10 @@ pub struct NetDemoArgs {
     /// State size of the generated chain, MiB.
     #[arg(long, default_value_t = 256)]
     pub state_mib: u64,
+    /// Block time of the demo chain, milliseconds.
     #[arg(long, default_value_t = 200)]
     pub block_ms: u64,
+    /// Blocks between checkpoints.
     #[arg(long, default_value_t = 10)]
     pub checkpoint_interval: u64,
     /// Followers started with the validator (they join by state sync too).

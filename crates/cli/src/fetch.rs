@@ -60,6 +60,11 @@ pub struct FetchArgs {
     /// Bytes written between durable progress commits, MiB [default: 64].
     #[arg(long)]
     commit_mib: Option<u64>,
+    /// Give up after this many seconds, exiting with code 2 and the reason
+    /// peer by peer (durable progress is kept for a retry) [default: wait
+    /// for ever, saying why every 5 s].
+    #[arg(long)]
+    timeout: Option<f64>,
     #[command(flatten)]
     #[serde(flatten)]
     net: NetOpts,
@@ -168,6 +173,7 @@ pub fn run(a: FetchArgs, json: bool, bars: bool) -> Result<ExitCode> {
         None => None,
     };
     req.full_verify = a.full_verify || file.full_verify;
+    let timeout = a.timeout.or(file.timeout);
     req.max_window = a.max_window_mib.or(file.max_window_mib).map(|m| m << 20);
     req.commit_bytes = a.commit_mib.or(file.commit_mib).map(|m| m << 20);
     #[cfg(feature = "fault-injection")]
@@ -188,6 +194,15 @@ pub fn run(a: FetchArgs, json: bool, bars: bool) -> Result<ExitCode> {
         let mut view = Progress::new(bars);
         let stop = netrun::stop_signal();
         tokio::pin!(stop);
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(Duration::from_secs_f64(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut last_stall: Option<String> = None;
+        let mut dial_said = std::collections::HashSet::new();
         loop {
             let ev = tokio::select! {
                 code = &mut stop => {
@@ -195,12 +210,38 @@ pub fn run(a: FetchArgs, json: bool, bars: bool) -> Result<ExitCode> {
                     node.shutdown().await;
                     return Ok(code);
                 }
+                _ = &mut deadline => {
+                    view.clear();
+                    let why = match last_stall.take() {
+                        Some(s) => s,
+                        None => match node.status().await.ok().and_then(|s| s.fetches.into_iter().next()) {
+                            Some(f) => format!(
+                                "{} of {} fetched, {} peers usable",
+                                ui::bytes(f.progress.bytes_done),
+                                ui::bytes(f.progress.bytes_needed),
+                                f.progress.peers_usable
+                            ),
+                            None => "no progress".into(),
+                        },
+                    };
+                    node.shutdown().await;
+                    return Err(format!(
+                        "fetch of {root} gave up after {:.0} s (--timeout): {why}",
+                        timeout.unwrap_or(0.0)
+                    )
+                    .into());
+                }
                 ev = events.recv() => ev,
             };
             let Some(ev) = ev else {
                 return Err("the node stopped".into());
             };
             side.on_event(&ev)?;
+            if let Event::DialFailed { peer: Some(p), error } = &ev
+                && dial_said.insert(*p)
+            {
+                tracing::warn!("cannot reach peer {p}: {error}");
+            }
             let Event::Fetch { id: fid, event } = ev else {
                 continue;
             };
@@ -209,6 +250,11 @@ pub fn run(a: FetchArgs, json: bool, bars: bool) -> Result<ExitCode> {
             }
             match event {
                 FetchEvent::Progress(p) => view.update(&p),
+                FetchEvent::Stalled(st) => {
+                    let line = st.summary();
+                    view.note(&line);
+                    last_stall = Some(line);
+                }
                 FetchEvent::Planned { fetch_bytes, .. } => view.set_total(fetch_bytes),
                 FetchEvent::Done(summary) => {
                     view.finish(&summary);
@@ -294,7 +340,10 @@ impl Progress {
                 pb.set_position(p.bytes_done);
                 pb.set_message(format!("fetch ({} peers)", p.peers_usable));
             }
-        } else if self.log_lines && self.last_line.elapsed() > Duration::from_secs(2) {
+        } else if self.log_lines
+            && p.bytes_needed > 0
+            && self.last_line.elapsed() > Duration::from_secs(2)
+        {
             self.last_line = Instant::now();
             tracing::info!(
                 "fetch {}: {}/{} ({:.0}%), {} chunks, {}, {} peers usable, {} requests",
@@ -316,6 +365,14 @@ impl Progress {
             pb.set_length(s.bytes_fetched.max(pb.position()));
             pb.set_position(s.bytes_fetched.max(pb.position()));
             pb.finish_and_clear();
+        }
+    }
+
+    /// A line above the bar (or a log line).
+    fn note(&mut self, line: &str) {
+        match &self.bar {
+            Some(pb) => pb.println(format!("waiting: {line}")),
+            None => tracing::warn!("fetch waiting: {line}"),
         }
     }
 

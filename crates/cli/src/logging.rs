@@ -22,7 +22,7 @@ pub fn init(format: LogFormat, quiet: bool) {
     // Our crates at the chosen level; libp2p's and the rest only warnings,
     // unless RUST_LOG says otherwise.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,statesync={default},statesync_node={default},statesync_engine={default},statesync_net={default}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,libp2p_kad=error,statesync={default},statesync_node={default},statesync_engine={default},statesync_net={default}")));
     let terminal = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -130,7 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let bars = !quiet && !json;
     match cli.cmd {
         Cmd::Tool(t) => tools::run(t, json, bars),
-        Cmd::Serve(a) => serve::run(a, json),
+        Cmd::Serve(a) => serve::run(a, json, bars),
         Cmd::Fetch(a) => fetch::run(a, json, bars),
         Cmd::Genesis(a) => {
             let p = node::write_genesis(&a)?;
@@ -154,5 +154,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Bench(b) => bench::run(b, json),
         Cmd::Demo(a) => demo::run(a, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                if a.get_id() == "help" || a.get_id() == "version" {
+                    continue;
+                }
+                let help = a.get_help().or(a.get_long_help()).map(|h| h.to_string());
+                if help.is_none_or(|h| h.trim().is_empty()) {
+                    missing.push(format!("{path} --{}", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "statesync", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "flags without help:\n{}",
+            missing.join("\n")
+        );
     }
 }

@@ -95,3 +95,127 @@ pub async fn stop_signal() -> ExitCode {
         }
     }
 }
+
+/// A compact live status of a long-running node: one line redrawn on a
+/// terminal, a timestamped log line every 10 s otherwise.
+pub struct Live {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: std::time::Instant,
+    prev: Option<(std::time::Instant, u64, u64)>,
+}
+
+impl Live {
+    /// A status line on stderr if `enabled` (not with --quiet or --json).
+    pub fn new(enabled: bool) -> Live {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = (enabled && terminal).then(|| {
+            let pb = indicatif::ProgressBar::new_spinner();
+            if let Ok(st) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+                pb.set_style(st);
+            }
+            pb.enable_steady_tick(Duration::from_millis(250));
+            pb
+        });
+        Live {
+            bar,
+            last_line: std::time::Instant::now()
+                .checked_sub(Duration::from_secs(8))
+                .unwrap_or_else(std::time::Instant::now),
+            prev: None,
+        }
+    }
+
+    /// Redraws from a status snapshot.
+    pub fn update(&mut self, st: &statesync_node::Status) {
+        use crate::output::{bytes, rate};
+        let now = std::time::Instant::now();
+        let out = st
+            .serve
+            .as_ref()
+            .map_or(0, |s| s.bytes_served + s.block_bytes_served);
+        let inb = st.chain.as_ref().map_or(0, |c| c.stats.state_bytes_fetched)
+            + st.fetches
+                .iter()
+                .map(|f| f.progress.bytes_done)
+                .sum::<u64>();
+        let (out_rate, in_rate) = match self.prev {
+            Some((t, o, i)) => {
+                let dt = now.saturating_duration_since(t).as_secs_f64().max(1e-3);
+                (
+                    out.saturating_sub(o) as f64 / dt,
+                    inb.saturating_sub(i) as f64 / dt,
+                )
+            }
+            None => (0.0, 0.0),
+        };
+        self.prev = Some((now, out, inb));
+        let peers = st.connections.len();
+        let line = match &st.chain {
+            Some(c) => {
+                let eta = match c.phase {
+                    statesync_engine::catchup::PhaseName::StateSync => st
+                        .fetches
+                        .first()
+                        .filter(|_| in_rate > 0.0)
+                        .map(|f| {
+                            let left = f
+                                .progress
+                                .bytes_needed
+                                .saturating_sub(f.progress.bytes_done);
+                            format!(
+                                " {} of {}, eta {:.0} s",
+                                bytes(f.progress.bytes_done),
+                                bytes(f.progress.bytes_needed),
+                                left as f64 / in_rate
+                            )
+                        })
+                        .unwrap_or_default(),
+                    statesync_engine::catchup::PhaseName::Replay
+                        if c.replay_blocks_per_sec > 0.0 =>
+                    {
+                        format!(
+                            " eta {:.0} s",
+                            c.best_head.saturating_sub(c.head) as f64 / c.replay_blocks_per_sec
+                        )
+                    }
+                    _ => String::new(),
+                };
+                format!(
+                    "{}{eta} | head {} of {} | history from {} | {peers} peers | out {} in {}",
+                    c.phase,
+                    c.head,
+                    c.best_head,
+                    c.low,
+                    rate(out_rate as u64, 1.0),
+                    rate(in_rate as u64, 1.0),
+                )
+            }
+            None => {
+                let s = st.serve.clone().unwrap_or_default();
+                format!(
+                    "serving | {peers} peers | out {} | {} requests, {} busy, {} refused, {} in progress",
+                    rate(out_rate as u64, 1.0),
+                    s.requests,
+                    s.busy,
+                    s.refused,
+                    bytes(s.inflight_bytes)
+                )
+            }
+        };
+        match &self.bar {
+            Some(pb) => pb.set_message(line),
+            None if self.last_line.elapsed() >= Duration::from_secs(10) => {
+                self.last_line = std::time::Instant::now();
+                tracing::info!("{line}");
+            }
+            None => {}
+        }
+    }
+
+    /// Removes the line.
+    pub fn clear(&mut self) {
+        if let Some(pb) = self.bar.take() {
+            pb.finish_and_clear();
+        }
+    }
+}

@@ -129,6 +129,11 @@ pub struct NodeArgs {
     /// A validator stops producing at this height.
     #[arg(long)]
     stop_at: Option<u64>,
+    /// Exit with code 2 if the node does not follow the head within this
+    /// many seconds, saying why (phase, decision, unreachable peers)
+    /// [default: wait for ever].
+    #[arg(long)]
+    timeout: Option<f64>,
     /// Write a JSON-lines timeline of this node here (events, samples four
     /// times a second, a summary at the end).
     #[arg(long)]
@@ -169,6 +174,7 @@ impl NodeArgs {
             replay_from_genesis: self.replay_from_genesis || f.replay_from_genesis,
             exit_after_following: self.exit_after_following.or(f.exit_after_following),
             stop_at: self.stop_at.or(f.stop_at),
+            timeout: self.timeout.or(f.timeout),
             report: self.report.or(f.report),
             switch_after_secs: self.switch_after_secs.or(f.switch_after_secs),
             batch_size: self.batch_size.or(f.batch_size),
@@ -251,7 +257,7 @@ impl Report {
 
 /// Runs `node` until SIGTERM, Ctrl-C, a fatal error, or the exit
 /// condition of `--exit-after-following`.
-pub fn run(a: NodeArgs, json: bool, _bars: bool) -> Result<ExitCode> {
+pub fn run(a: NodeArgs, json: bool, bars: bool) -> Result<ExitCode> {
     let file: NodeArgs = match &a.config {
         Some(p) => config::load(p)?,
         None => NodeArgs::default(),
@@ -267,6 +273,7 @@ pub fn run(a: NodeArgs, json: bool, _bars: bool) -> Result<ExitCode> {
         None => None,
     });
     let exit_after = a.exit_after_following.map(Duration::from_secs_f64);
+    let timeout = a.timeout;
     netrun::runtime()?.block_on(async move {
         let (node, mut events) = NodeBuilder::new(&data)
             .config(cfg)
@@ -278,9 +285,57 @@ pub fn run(a: NodeArgs, json: bool, _bars: bool) -> Result<ExitCode> {
         tokio::pin!(stop);
         let mut check = tokio::time::interval(Duration::from_millis(250));
         let mut code = None;
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(Duration::from_secs_f64(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut dial_errors: std::collections::BTreeMap<String, String> = Default::default();
+        let mut live = netrun::Live::new(bars);
+        let mut live_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
+                _ = live_tick.tick(), if code.is_none() => {
+                    if let Ok(st) = node.status().await {
+                        live.update(&st);
+                    }
+                }
+                _ = &mut deadline, if code.is_none() => {
+                    let st = node.status().await.ok().and_then(|s| s.chain);
+                    if st.as_ref().is_some_and(|c| c.following_secs.is_some()) {
+                        continue;
+                    }
+                    let why = match &st {
+                        Some(c) => format!(
+                            "phase {} at height {} (best head known {}, {} peers reporting){}",
+                            c.phase,
+                            c.head,
+                            c.best_head,
+                            c.peers,
+                            c.decision
+                                .as_ref()
+                                .map(|d| format!("; last decision: {}", d.reason))
+                                .unwrap_or_default()
+                        ),
+                        None => "not started".into(),
+                    };
+                    let peers = if dial_errors.is_empty() {
+                        String::new()
+                    } else {
+                        let v: Vec<String> = dial_errors.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+                        format!("; unreachable: {}", v.join("; "))
+                    };
+                    node.shutdown().await;
+                    return Err(format!(
+                        "not following the head after {:.0} s (--timeout): {why}{peers}",
+                        timeout.unwrap_or(0.0)
+                    )
+                    .into());
+                }
                 c = &mut stop, if code.is_none() => {
+                    live.clear();
                     code = Some(c);
                     node.shutdown().await;
                 }
@@ -303,6 +358,17 @@ pub fn run(a: NodeArgs, json: bool, _bars: bool) -> Result<ExitCode> {
                         return Ok(code.unwrap_or(ExitCode::SUCCESS));
                     };
                     side.on_event(&ev)?;
+                    match &ev {
+                        Event::DialFailed { peer: Some(p), error }
+                            if dial_errors.insert(p.to_string(), error.clone()).is_none() =>
+                        {
+                            tracing::warn!("cannot reach peer {p}: {error}");
+                        }
+                        Event::PeerConnected { peer } => {
+                            dial_errors.remove(&peer.to_string());
+                        }
+                        _ => {}
+                    }
                     if let Event::Chain(c) = &ev {
                         report.on_event(c);
                     }

@@ -47,7 +47,7 @@ fn parse_fault(s: &str) -> std::result::Result<statesync_node::fault::ServeFault
 }
 
 /// Runs `serve` until SIGTERM or Ctrl-C.
-pub fn run(a: ServeArgs, json: bool) -> Result<ExitCode> {
+pub fn run(a: ServeArgs, json: bool, bars: bool) -> Result<ExitCode> {
     let file: ServeArgs = match &a.config {
         Some(p) => config::load(p)?,
         None => ServeArgs::default(),
@@ -78,11 +78,19 @@ pub fn run(a: ServeArgs, json: bool) -> Result<ExitCode> {
         let mut side = Side::start(&node, &net).await?;
         let stop = netrun::stop_signal();
         tokio::pin!(stop);
+        let mut live = netrun::Live::new(bars);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 code = &mut stop => {
+                    live.clear();
                     node.shutdown().await;
                     return Ok(code);
+                }
+                _ = tick.tick() => {
+                    if let Ok(st) = node.status().await {
+                        live.update(&st);
+                    }
                 }
                 ev = events.recv() => {
                     let Some(ev) = ev else {

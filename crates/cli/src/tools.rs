@@ -30,7 +30,9 @@ pub enum ToolCmd {
     Manifest(ManifestCmd),
     /// Check a directory against a manifest; exit code 1 if anything differs.
     Verify {
+        /// The directory to check.
         dir: PathBuf,
+        /// The manifest to check it against.
         #[arg(long)]
         manifest: PathBuf,
         /// Trusted root the manifest must have.
@@ -60,13 +62,16 @@ pub enum ToolCmd {
 pub enum GenCmd {
     /// Write a new synthetic state.
     New {
+        /// Directory to create (must not exist).
         #[arg(long)]
         out: PathBuf,
+        /// Number of files.
         #[arg(long, default_value_t = 1000)]
         files: u64,
         /// Total size, e.g. 256MiB, 2GiB.
         #[arg(long, default_value = "256MiB", value_parser = synth::parse_size)]
         size: u64,
+        /// Seed: the same seed gives the same bytes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Percent of 1 MiB blocks that are all zeros.
@@ -78,27 +83,34 @@ pub enum GenCmd {
     },
     /// Derive the next version of a state and write its exact change set.
     Mutate {
+        /// The state to derive from (must exist).
         #[arg(long)]
         from: PathBuf,
         /// New directory (unchanged files hard-linked); omit with --in-place.
         #[arg(long, required_unless_present = "in_place")]
         out: Option<PathBuf>,
+        /// Modify --from itself (a file shared by hard links is copied first, never written through).
         #[arg(long)]
         in_place: bool,
         /// Where to write the change set (JSON).
         #[arg(long)]
         changes: Option<PathBuf>,
+        /// Seed of the changes.
         #[arg(long, default_value_t = 2)]
         seed: u64,
+        /// Chunk size the percentages refer to, bytes.
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE as u64)]
         chunk_size: u64,
         /// Percent of chunks rewritten.
         #[arg(long, default_value_t = 1.0)]
         changed_pct: f64,
+        /// Percent of files that get data appended.
         #[arg(long, default_value_t = 0.0)]
         appended_pct: f64,
+        /// Percent of files deleted.
         #[arg(long, default_value_t = 0.0)]
         deleted_pct: f64,
+        /// New files, as a percent of the file count.
         #[arg(long, default_value_t = 0.0)]
         added_pct: f64,
     },
@@ -106,6 +118,7 @@ pub enum GenCmd {
 
 #[derive(Args)]
 pub struct BuildArgs {
+    /// Chunk size, bytes (a power of two, 1 KiB to 16 MiB; e.g. 1MiB).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_chunk_size)]
     chunk_size: u32,
     /// Height of the checkpoint (seeds the sampled rehash).
@@ -127,7 +140,9 @@ fn parse_chunk_size(s: &str) -> std::result::Result<u32, String> {
 pub enum ManifestCmd {
     /// Compute the manifest of a directory (in parallel; incremental with --prev).
     Create {
+        /// The directory to describe.
         dir: PathBuf,
+        /// Where to write the manifest (its stat cache goes beside it as OUT.stats).
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -145,11 +160,15 @@ pub enum ManifestCmd {
     },
     /// Print a manifest's header and root (and optionally its tables).
     Show {
+        /// The manifest file.
         file: PathBuf,
+        /// Trusted root (64 hex digits) the manifest must have.
         #[arg(long)]
         root: Option<String>,
+        /// List every file (mode, size, hash, path).
         #[arg(long)]
         files: bool,
+        /// List every chunk (file, offset, length, hash).
         #[arg(long)]
         chunks: bool,
     },
@@ -159,10 +178,13 @@ pub enum ManifestCmd {
 pub enum CheckpointCmd {
     /// Copy a directory into the store as the checkpoint at a height.
     Create {
+        /// The store (created if missing).
         #[arg(long)]
         store: PathBuf,
+        /// Height of the new checkpoint (above the latest).
         #[arg(long)]
         height: u64,
+        /// The directory to copy into the store.
         #[arg(long)]
         from: PathBuf,
         /// Exact change set since the latest checkpoint.
@@ -171,39 +193,51 @@ pub enum CheckpointCmd {
         /// Ignore the previous checkpoint and hash everything.
         #[arg(long)]
         full: bool,
+        /// Chunk size, bytes (a power of two, 1 KiB to 16 MiB).
         #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_chunk_size)]
         chunk_size: u32,
+        /// Fraction of reused chunks rehashed anyway in an incremental build.
         #[arg(long, default_value_t = statesync_manifest::build::DEFAULT_SAMPLE_RATE)]
         sample_rate: f64,
     },
     /// List valid checkpoints (and report invalid directories).
     List {
+        /// The store (must exist).
         #[arg(long)]
         store: PathBuf,
     },
     /// Keep the last N checkpoints plus pinned ones; delete the rest.
     Prune {
+        /// The store (must exist).
         #[arg(long)]
         store: PathBuf,
+        /// Checkpoints to keep (the newest; pinned ones are kept too).
         #[arg(long)]
         keep: usize,
     },
     /// Pin a checkpoint so retention keeps it.
     Pin {
+        /// The store (must exist).
         #[arg(long)]
         store: PathBuf,
+        /// Height of the checkpoint to pin.
         #[arg(long)]
         height: u64,
+        /// Name of the pin (1-64 of A-Z a-z 0-9 _ . -).
         #[arg(long)]
         name: String,
+        /// Why it is pinned (kept in the pin file).
         #[arg(long, default_value = "")]
         reason: String,
     },
     Unpin {
+        /// The store (must exist).
         #[arg(long)]
         store: PathBuf,
+        /// Height of the checkpoint.
         #[arg(long)]
         height: u64,
+        /// Name of the pin to remove.
         #[arg(long)]
         name: String,
     },
@@ -486,7 +520,23 @@ pub fn run(cmd: ToolCmd, json: bool, bars: bool) -> Result<ExitCode> {
             root,
         } => {
             let m = read_manifest(&manifest)?;
-            check_root(&m, root.as_deref())?;
+            // A manifest that is not the trusted one is a difference (exit
+            // 1), not a usage error.
+            if let Some(r) = root.as_deref() {
+                let want = parse_root(r)?;
+                if m.root() != want {
+                    if json {
+                        print_json(&serde_json::json!({
+                            "ok": false,
+                            "root_mismatch": {"manifest": m.root(), "expected": want},
+                        }));
+                    } else {
+                        outln!("root      manifest root is {}, expected {want}", m.root());
+                        outln!("MISMATCH: the manifest is not the trusted one");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            }
             let progress = Arc::new(Progress::default());
             let t = Instant::now();
             let bar = ui::Bar::start("verifying", progress.clone(), bars);
@@ -521,9 +571,25 @@ pub fn run(cmd: ToolCmd, json: bool, bars: bool) -> Result<ExitCode> {
                         c.len
                     );
                 }
+                for u in &rep.unsupported {
+                    outln!(
+                        "unsupported {} ({}: no checkpoint holds one)",
+                        u.path,
+                        u.kind
+                    );
+                }
+                let counts: Vec<String> = rep
+                    .counts()
+                    .iter()
+                    .map(|(k, n)| format!("{n} {k}"))
+                    .collect();
                 outln!(
                     "{}: {} files, {} checked in {:.2}s",
-                    if rep.ok { "OK" } else { "MISMATCH" },
+                    if rep.ok {
+                        "OK".to_string()
+                    } else {
+                        format!("MISMATCH ({})", counts.join(", "))
+                    },
                     rep.files_checked,
                     ui::bytes(rep.bytes_checked),
                     t.elapsed().as_secs_f64()

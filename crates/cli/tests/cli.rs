@@ -149,6 +149,41 @@ fn symlink_in_checkpoint_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sub/evil") && err.contains("symlink"), "{err}");
     assert!(!d.path().join("m").exists(), "no manifest written");
+    // verify names such entries as differences (exit 1) with counts, and
+    // checks the rest; a wrong trusted root is a difference too.
+    std::fs::remove_file(state.join("sub/evil")).unwrap();
+    let m = d.path().join("m");
+    ok_json(&["manifest", "create", s(&state), "--out", s(&m)]);
+    std::os::unix::fs::symlink("../../etc/passwd", state.join("sub/evil")).unwrap();
+    let fifo = state.join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(state.join("extra"), b"x").unwrap();
+    let out = run(&["verify", s(&state), "--manifest", s(&m)]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("unsupported sub/evil (symlink"), "{text}");
+    assert!(text.contains("unsupported pipe (FIFO"), "{text}");
+    assert!(text.contains("MISMATCH (1 extra, 2 unsupported)"), "{text}");
+    let wrong = "33".repeat(32);
+    let out = run(&["verify", s(&state), "--manifest", s(&m), "--root", &wrong]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["verify", s(&state), "--manifest", s(&d.path().join("nope"))]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a usage error is not a difference"
+    );
 }
 
 #[test]
@@ -478,4 +513,78 @@ fn network_demo_joiner_reaches_the_head_and_reports() {
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("<svg") && html.contains("late joiner") && html.contains("polyline"));
     assert!(html.contains("state + "), "no bytes-per-peer bars");
+}
+
+/// Output to a closed pipe ends the command quietly (no panic, exit 0);
+/// errors come as JSON with --json; existing outputs and missing inputs
+/// are refused.
+#[test]
+fn closed_stdout_json_errors_and_refused_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    ok_json(&[
+        "gen-state",
+        "new",
+        "--out",
+        s(&src),
+        "--files",
+        "3000",
+        "--size",
+        "4MiB",
+    ]);
+    let m = d.path().join("m");
+    ok_json(&["manifest", "create", s(&src), "--out", s(&m)]);
+    // `manifest show --files | head -1`.
+    let mut child = bin()
+        .args(["manifest", "show", s(&m), "--files"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Read;
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 64];
+        out.read_exact(&mut first).unwrap();
+    } // the reader goes away
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // An existing --out is refused, nothing written through it.
+    let o = run(&["--json", "gen-state", "new", "--out", s(&src)]);
+    assert_eq!(o.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON error");
+    assert!(
+        v["error"].as_str().unwrap().contains("already exists"),
+        "{v}"
+    );
+    // A missing store is not created by a typo.
+    let typo = d.path().join("typo");
+    let o = run(&["checkpoint", "list", "--store", s(&typo)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!typo.exists());
+    let o = run(&[
+        "checkpoint",
+        "create",
+        "--store",
+        s(&typo),
+        "--height",
+        "1",
+        "--from",
+        s(&d.path().join("missing")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!typo.exists());
+    // `id` and `genesis` speak JSON too.
+    let v = ok_json(&["id", "--data", s(&d.path().join("n"))]);
+    assert!(v["peer_id"].as_str().unwrap().starts_with("12D3"));
 }

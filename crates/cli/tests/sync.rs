@@ -1221,3 +1221,63 @@ fn a_server_whose_checkpoint_is_damaged_on_disk_withdraws_it() {
     assert!(log.contains("does not match its manifest"), "{log}");
     assert_eq!(log.matches("is damaged on disk").count(), 1, "{log}");
 }
+
+/// A fetch that cannot make progress says why, peer by peer, and
+/// `--timeout` ends it with that reason (exit 2): a peer that does not have
+/// the root, a port nobody listens on, an address whose peer id is wrong.
+#[test]
+fn a_fetch_says_why_it_waits_and_gives_up_at_its_timeout() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 10, "2MiB", "41");
+    let (_srv, addr) = serve(d.path(), "srv", &store, &[]);
+    let stranger = peer_of(&d.path().join("stranger"));
+    let refused = format!("/ip4/127.0.0.1/tcp/{}/p2p/{stranger}", free_port());
+    // The server's address under another peer id.
+    let wrong = format!("{}/p2p/{stranger}", addr.rsplit_once("/p2p/").unwrap().0);
+    let unknown = "22".repeat(32);
+    let t = Instant::now();
+    let o = bin()
+        .args(["fetch", "--root", &unknown, "--out"])
+        .arg(d.path().join("out"))
+        .args(["--data", s(&d.path().join("f")), "--timeout", "7"])
+        .args(["--peer", &addr, "--peer", &refused, "--peer", &wrong])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "did not stop at its timeout"
+    );
+    assert!(err.contains("--timeout"), "{err}");
+    assert!(err.contains("does not advertise this root"), "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.contains("wrong peer id"), "{err}");
+    // With the right root it works at once, and the staging area of the
+    // unknown one was left behind cleanly.
+    let out = d.path().join("out");
+    let o = fetch(d.path(), "f", &root, &out, &[&addr], &[]);
+    summary(&o, d.path(), "f");
+    verify(&out, &root);
+}
+
+/// A second server on a port already in use fails at once with a clear
+/// error instead of silently sharing the port (libp2p listens with
+/// SO_REUSEPORT).
+#[test]
+fn listening_on_a_port_in_use_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, _) = make_store(d.path(), "store", 4, "64KiB", "42");
+    let port = free_port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let (_a, _) = serve(d.path(), "a", &store, &["--listen", &listen]);
+    let o = bin()
+        .args(["serve", "--store", s(&store), "--data"])
+        .arg(d.path().join("b"))
+        .args(["--listen", &listen])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("already in use"), "{err}");
+}

@@ -260,11 +260,40 @@ pub struct ScannedFile {
 /// Empty directories are not part of a checkpoint. `dir` itself must be a
 /// directory, not a symlink to one.
 pub fn scan(dir: &Path) -> Result<Vec<ScannedFile>, BuildError> {
+    let (files, odd) = scan_all(dir)?;
+    match odd.into_iter().next() {
+        None => Ok(files),
+        Some(u) if u.kind == "symlink" => Err(BuildError::Symlink { path: u.abs }),
+        Some(u) => Err(BuildError::Special {
+            path: u.abs,
+            kind: u.kind,
+        }),
+    }
+}
+
+/// An entry of a directory tree that a checkpoint cannot hold: a symlink,
+/// a device, a socket, a FIFO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported {
+    /// Its path relative to the scanned directory (`/`-separated, lossy for
+    /// names that are not UTF-8).
+    pub path: String,
+    /// Absolute path.
+    pub abs: PathBuf,
+    /// What it is (`symlink`, `FIFO`, `socket`, ...).
+    pub kind: &'static str,
+}
+
+/// Like [`scan`], but reports what a checkpoint cannot hold instead of
+/// failing on it (for [`crate::verify_dir`], which names every
+/// difference). Names that are not valid manifest paths still fail.
+pub fn scan_all(dir: &Path) -> Result<(Vec<ScannedFile>, Vec<Unsupported>), BuildError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
     if !meta.is_dir() {
         return Err(BuildError::NotADirectory(dir.to_path_buf()));
     }
     let mut out = Vec::new();
+    let mut odd = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let rd = std::fs::read_dir(&d).map_err(io_err("read directory", &d))?;
@@ -287,11 +316,11 @@ pub fn scan(dir: &Path) -> Result<Vec<ScannedFile>, BuildError> {
                     stat: FileStat::of(&md),
                     abs,
                 });
-            } else if ft.is_symlink() {
-                return Err(BuildError::Symlink { path: abs });
             } else {
                 use std::os::unix::fs::FileTypeExt;
-                let kind = if ft.is_block_device() {
+                let kind = if ft.is_symlink() {
+                    "symlink"
+                } else if ft.is_block_device() {
                     "block device"
                 } else if ft.is_char_device() {
                     "character device"
@@ -302,12 +331,18 @@ pub fn scan(dir: &Path) -> Result<Vec<ScannedFile>, BuildError> {
                 } else {
                     "special file"
                 };
-                return Err(BuildError::Special { path: abs, kind });
+                let rel = abs.strip_prefix(dir).unwrap_or(&abs);
+                odd.push(Unsupported {
+                    path: rel.to_string_lossy().into_owned(),
+                    abs,
+                    kind,
+                });
             }
         }
     }
     out.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
-    Ok(out)
+    odd.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok((out, odd))
 }
 
 /// Full computation: every chunk of every file of `dir`, in parallel over

@@ -1,7 +1,7 @@
 //! Checking a directory against a manifest, reporting exactly what differs:
 //! missing and extra files, size and mode mismatches, and corrupt chunks.
 
-use crate::build::{BuildError, Progress, ScannedFile, hash_chunks, scan};
+use crate::build::{BuildError, Progress, ScannedFile, hash_chunks, scan_all};
 use crate::format::Manifest;
 use rayon::prelude::*;
 use std::path::Path;
@@ -29,6 +29,35 @@ pub struct VerifyReport {
     pub mode_mismatch: Vec<String>,
     /// Chunks whose bytes do not hash to the manifest's chunk hash.
     pub corrupt: Vec<CorruptChunk>,
+    /// Entries a checkpoint cannot hold (symlinks, FIFOs, devices,
+    /// sockets), by relative path with their kind.
+    pub unsupported: Vec<UnsupportedEntry>,
+}
+
+/// An entry of the directory that no checkpoint can hold.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UnsupportedEntry {
+    /// Path relative to the directory.
+    pub path: String,
+    /// `symlink`, `FIFO`, `socket`, `block device`, `character device`.
+    pub kind: &'static str,
+}
+
+impl VerifyReport {
+    /// Differences found, by kind: (kind, count), kinds with none left out.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        [
+            ("missing", self.missing.len()),
+            ("extra", self.extra.len()),
+            ("size", self.size_mismatch.len()),
+            ("mode", self.mode_mismatch.len()),
+            ("corrupt chunks", self.corrupt.len()),
+            ("unsupported", self.unsupported.len()),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
 }
 
 /// A file whose size differs from the manifest's.
@@ -57,9 +86,10 @@ pub struct CorruptChunk {
 
 /// Verifies `dir` against `manifest`, hashing every chunk in parallel.
 ///
-/// Differences are reported in the [`VerifyReport`]; an `Err` means the
-/// directory could not be checked: it holds a symlink or special file, a
-/// file changed while hashed, or I/O failed.
+/// Differences are reported in the [`VerifyReport`], entries a checkpoint
+/// cannot hold (symlinks, FIFOs, ...) among them; an `Err` means the
+/// directory could not be checked: it is not a directory, a name is not a
+/// valid manifest path, a file changed while hashed, or I/O failed.
 pub fn verify_dir(
     dir: &Path,
     manifest: &Manifest,
@@ -79,8 +109,17 @@ pub fn verify_dir_filtered(
     progress: Option<&Progress>,
     check: &(dyn Fn(u64) -> bool + Sync),
 ) -> Result<VerifyReport, BuildError> {
-    let scanned = scan(dir)?;
-    let mut rep = VerifyReport::default();
+    let (scanned, odd) = scan_all(dir)?;
+    let mut rep = VerifyReport {
+        unsupported: odd
+            .into_iter()
+            .map(|u| UnsupportedEntry {
+                path: u.path,
+                kind: u.kind,
+            })
+            .collect(),
+        ..VerifyReport::default()
+    };
     let mut to_hash: Vec<(usize, &ScannedFile)> = Vec::new();
     let mut si = 0;
     for (fi, f) in manifest.files().iter().enumerate() {
@@ -145,6 +184,7 @@ pub fn verify_dir_filtered(
         && rep.extra.is_empty()
         && rep.size_mismatch.is_empty()
         && rep.mode_mismatch.is_empty()
-        && rep.corrupt.is_empty();
+        && rep.corrupt.is_empty()
+        && rep.unsupported.is_empty();
     Ok(rep)
 }

@@ -79,6 +79,58 @@ pub struct FetchProgress {
     pub stage: &'static str,
 }
 
+/// Why a fetch makes no progress.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stall {
+    /// Seconds without progress.
+    pub seconds: f64,
+    /// Every peer the node knows of, with what stands in the way.
+    pub peers: Vec<PeerWhy>,
+    /// Every peer that could be asked answered NOT_FOUND (or does not
+    /// advertise the root): nobody reachable has it.
+    pub nobody_has_it: bool,
+}
+
+/// One peer in a [`Stall`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerWhy {
+    /// The peer id.
+    pub peer: String,
+    /// Why it does not help: `dial failed: ...`, `NOT_FOUND for this
+    /// root`, `does not advertise this root`, `BUSY or cooling off`,
+    /// `banned: ...`, `no advert yet`, or `serving` when it does.
+    pub why: String,
+}
+
+impl Stall {
+    /// One line for a person.
+    pub fn summary(&self) -> String {
+        let per: Vec<String> = self
+            .peers
+            .iter()
+            .map(|p| format!("{}: {}", short(&p.peer), p.why))
+            .collect();
+        let head = if self.peers.is_empty() {
+            "no peer known".to_string()
+        } else if self.nobody_has_it {
+            "no reachable peer has this root".to_string()
+        } else {
+            format!("no progress for {:.0} s", self.seconds)
+        };
+        if per.is_empty() {
+            head
+        } else {
+            format!("{head} ({})", per.join("; "))
+        }
+    }
+}
+
+/// The last 8 characters of a peer id (enough to tell peers apart in a
+/// line).
+fn short(p: &str) -> &str {
+    &p[p.len().saturating_sub(8)..]
+}
+
 /// What happens in one fetch.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -112,6 +164,9 @@ pub enum FetchEvent {
     },
     /// Progress (about four times a second).
     Progress(FetchProgress),
+    /// No progress for a while: why, peer by peer (sent every 5 s while
+    /// it lasts).
+    Stalled(Stall),
     /// A peer sent bad data: banned for this sync.
     PeerBanned {
         /// The peer.

@@ -41,7 +41,9 @@ pub(crate) mod runtime;
 pub mod serve;
 
 pub use chain::{ChainSetup, ChainStatus};
-pub use event::{ChainEvent, Event, Fault, FetchError, FetchEvent, FetchId, FetchProgress};
+pub use event::{
+    ChainEvent, Event, Fault, FetchError, FetchEvent, FetchId, FetchProgress, PeerWhy, Stall,
+};
 pub use fetch::{FetchRequest, FetchSummary, IoOptions, LocalReport, PeerReport};
 pub use node::{Events, FetchStatus, Node, NodeBuilder, NodeConfig, StartError, Status, Stopped};
 pub use serve::{ServeLimits, ServeStats};

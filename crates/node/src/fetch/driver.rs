@@ -223,6 +223,11 @@ impl FetchDriver {
         &self.summary.bytes_per_peer
     }
 
+    /// What the scheduler thinks of each peer it knows.
+    pub fn peer_states(&self) -> impl Iterator<Item = (&PeerId, &PeerState)> {
+        self.fetch.peer_stats().map(|(p, s)| (p, &s.state))
+    }
+
     /// Peers that may still be asked.
     pub fn usable_peers(&self) -> usize {
         self.fetch.usable_peers()

@@ -71,6 +71,13 @@ pub fn promote(
         !trusted.contains(&i) || statesync_manifest::build::sample_selected(seed, i, threshold)
     };
     let rep = statesync_manifest::verify_dir_filtered(&staging.state_dir(), m, None, &check)?;
+    if let Some(u) = rep.unsupported.first() {
+        return Err(format!(
+            "the staging area holds a {} ({}), which no checkpoint may hold; it was not made by this sync",
+            u.kind, u.path
+        )
+        .into());
+    }
     if !rep.ok {
         let state = staging.state_dir();
         for path in &rep.extra {

@@ -125,6 +125,12 @@ pub(crate) struct EventLoop {
     malformed: HashMap<PeerId, u32>,
     /// Peers blocked (connections refused) until then.
     blocked_until: HashMap<PeerId, Instant>,
+    /// The bootstrap peers (always named when a fetch stalls).
+    bootstrap: Vec<PeerId>,
+    /// The last dial error per peer not connected.
+    dial_errors: HashMap<PeerId, String>,
+    /// Per fetch: (what progress looked like, since when, last stall report).
+    stalls: HashMap<FetchId, (u64, Instant, Option<Instant>)>,
     listen: Vec<Multiaddr>,
     cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
@@ -280,6 +286,16 @@ impl EventLoop {
             answering_blocks: HashMap::new(),
             malformed: HashMap::new(),
             blocked_until: HashMap::new(),
+            bootstrap: cfg
+                .peers
+                .iter()
+                .filter_map(|a| match a.iter().last() {
+                    Some(Protocol::P2p(p)) => Some(p),
+                    _ => None,
+                })
+                .collect(),
+            dial_errors: HashMap::new(),
+            stalls: HashMap::new(),
             listen: Vec::new(),
             cmds,
             events,
@@ -637,6 +653,7 @@ impl EventLoop {
                 event: FetchEvent::Progress(f.progress()),
             });
         }
+        self.report_stalls(now);
         if let Some(s) = self.server.as_mut() {
             s.release_leases(false);
         }
@@ -651,6 +668,98 @@ impl EventLoop {
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
         }
         Flow::Continue
+    }
+
+    /// Says why, peer by peer, for each fetch without progress for 5 s
+    /// (every 5 s while it lasts).
+    fn report_stalls(&mut self, now: Instant) {
+        let ids: Vec<FetchId> = self.fetches.keys().copied().collect();
+        self.stalls.retain(|id, _| ids.contains(id));
+        for id in ids {
+            let Some(f) = self.fetches.get(&id) else {
+                continue;
+            };
+            let p = f.progress();
+            // Anything that moves counts as progress.
+            let key = p
+                .bytes_done
+                .wrapping_add(p.chunks_needed.rotate_left(20))
+                .wrapping_add(p.requests.rotate_left(40))
+                .wrapping_add(p.stage.len() as u64);
+            let e = self.stalls.entry(id).or_insert((key, now, None));
+            if e.0 != key {
+                *e = (key, now, None);
+                continue;
+            }
+            let quiet = now.saturating_duration_since(e.1);
+            if quiet < Duration::from_secs(5)
+                || e.2
+                    .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(5))
+            {
+                continue;
+            }
+            e.2 = Some(now);
+            let stall = self.why_stalled(f, quiet.as_secs_f64());
+            self.emit(Event::Fetch {
+                id,
+                event: FetchEvent::Stalled(stall),
+            });
+        }
+    }
+
+    fn why_stalled(&self, f: &FetchDriver, seconds: f64) -> crate::event::Stall {
+        use crate::event::PeerWhy;
+        use statesync_engine::fetch::PeerState;
+        let root = f.root();
+        let states: HashMap<PeerId, PeerState> =
+            f.peer_states().map(|(p, s)| (*p, s.clone())).collect();
+        let mut peers: Vec<PeerId> = self.bootstrap.clone();
+        peers.extend(self.connected.iter().copied());
+        peers.extend(self.dial_errors.keys().copied());
+        peers.extend(states.keys().copied());
+        peers.sort();
+        peers.dedup();
+        let mut out = Vec::new();
+        let mut useless = 0;
+        for p in &peers {
+            let why = match states.get(p) {
+                Some(PeerState::Active) => "serving".to_string(),
+                Some(PeerState::Waiting(_)) => "BUSY or cooling off after failures".into(),
+                Some(PeerState::NotFound) => {
+                    useless += 1;
+                    "NOT_FOUND for this root".into()
+                }
+                Some(PeerState::Banned(r)) => {
+                    useless += 1;
+                    format!("banned: {r}")
+                }
+                None if self.connected.contains(p) => match self.adverts.get(p) {
+                    Some(a) if !a.entries.iter().any(|e| e.root == root) => {
+                        useless += 1;
+                        "does not advertise this root".into()
+                    }
+                    Some(_) => "advertises it; not asked yet".into(),
+                    None => "connected, no advert yet".into(),
+                },
+                None => match self.dial_errors.get(p) {
+                    Some(e) => format!("dial failed: {e}"),
+                    None => "not connected".into(),
+                },
+            };
+            out.push(PeerWhy {
+                peer: p.to_string(),
+                why,
+            });
+        }
+        let reachable = peers
+            .iter()
+            .filter(|p| self.connected.contains(p) || states.contains_key(p))
+            .count();
+        crate::event::Stall {
+            seconds,
+            nobody_has_it: reachable > 0 && useless == reachable && f.usable_peers() == 0,
+            peers: out,
+        }
     }
 
     /// Releases an answer's admission ticket.

@@ -16,6 +16,41 @@ use statesync_proto::{Advert, Request, Response};
 use std::time::Instant;
 use tracing::{debug, info};
 
+/// A dial error in a few words: refused, timed out, wrong peer id, ...
+fn dial_error_text(e: &statesync_net::libp2p::swarm::DialError) -> String {
+    use statesync_net::libp2p::swarm::DialError as D;
+    match e {
+        D::WrongPeerId { obtained, .. } => {
+            format!("wrong peer id (the address belongs to {obtained})")
+        }
+        D::Denied { cause } => format!("denied: {cause}"),
+        D::Aborted => "aborted".into(),
+        D::NoAddresses => "no address known".into(),
+        D::LocalPeerId { .. } => "that is this node".into(),
+        D::DialPeerConditionFalse(_) => "already connected or dialling".into(),
+        D::Transport(errs) => {
+            let t: Vec<String> = errs.iter().map(|(_, e)| transport_text(e)).collect();
+            t.join(", ")
+        }
+    }
+}
+
+fn transport_text(e: &statesync_net::libp2p::TransportError<std::io::Error>) -> String {
+    use statesync_net::libp2p::TransportError as T;
+    match e {
+        T::MultiaddrNotSupported(a) => format!("address not supported: {a}"),
+        T::Other(io) => {
+            // The root cause names the failure (connection refused, timed
+            // out, ...).
+            let mut cause: &dyn std::error::Error = io;
+            while let Some(s) = cause.source() {
+                cause = s;
+            }
+            cause.to_string()
+        }
+    }
+}
+
 fn is_dialable(a: &Multiaddr) -> bool {
     !a.iter()
         .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
@@ -35,6 +70,7 @@ impl EventLoop {
                 peer_id, endpoint, ..
             } if !self.connected.contains(&peer_id) => {
                 self.connected.insert(peer_id);
+                self.dial_errors.remove(&peer_id);
                 self.peers.connected(peer_id, now);
                 let rid = self
                     .swarm
@@ -72,11 +108,13 @@ impl EventLoop {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(p) = peer_id {
                     self.peers.dial_failed(p, now);
+                    self.dial_errors.insert(p, dial_error_text(&error));
                 }
+                let error = dial_error_text(&error);
                 debug!(peer = ?peer_id, "dial failed: {error}");
                 self.emit(Event::DialFailed {
                     peer: peer_id,
-                    error: error.to_string(),
+                    error,
                 });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
