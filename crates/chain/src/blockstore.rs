@@ -155,6 +155,38 @@ impl BlockStore {
         Ok(())
     }
 
+    /// Deletes the blocks below `low` (history retention): the stored range
+    /// becomes `[low, high]`. Nothing happens when `low` is at or below the
+    /// stored low; at most the head is kept. Returns how many blocks were
+    /// deleted.
+    pub fn prune_below(&self, low: u64) -> Result<u64, StoreError> {
+        let Some((old_low, high)) = self.bounds()? else {
+            return Ok(0);
+        };
+        let low = low.min(high);
+        if low <= old_low {
+            return Ok(0);
+        }
+        let w = self.db.begin_write().map_err(db)?;
+        let mut n = 0;
+        {
+            let mut b = w.open_table(BLOCKS).map_err(db)?;
+            for h in old_low..low {
+                if b.remove(h).map_err(db)?.is_some() {
+                    n += 1;
+                }
+            }
+            // The hash index is pruned by height: entries pointing below
+            // the new low go.
+            let mut ht = w.open_table(BY_HASH).map_err(db)?;
+            ht.retain(|_, height| height >= low).map_err(db)?;
+            let mut m = w.open_table(META).map_err(db)?;
+            m.insert("low", low).map_err(db)?;
+        }
+        w.commit().map_err(db)?;
+        Ok(n)
+    }
+
     /// Empties the store.
     pub fn clear(&self) -> Result<(), StoreError> {
         let w = self.db.begin_write().map_err(db)?;

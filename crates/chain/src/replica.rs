@@ -98,6 +98,10 @@ pub struct Replica {
     /// Checkpoints kept by retention (pins and serving leases come on top);
     /// 3 after open.
     pub keep: usize,
+    /// Blocks of history kept below the head (never fewer than back to the
+    /// oldest kept checkpoint); `None` keeps all (an archive). `None` after
+    /// open.
+    pub keep_blocks: Option<u64>,
     /// Take a checkpoint at every checkpoint height even inside a long
     /// import (else only at the last one of each import call); false after
     /// open.
@@ -159,6 +163,7 @@ impl Replica {
                     live: None,
                     data: data.to_path_buf(),
                     keep: 3,
+                    keep_blocks: None,
                     checkpoint_every: false,
                 };
                 return Ok((r, rep));
@@ -219,6 +224,7 @@ impl Replica {
             live: Some(live),
             data: data.to_path_buf(),
             keep: 3,
+            keep_blocks: None,
             checkpoint_every: false,
         };
         // Replay what the block store holds above the checkpoint.
@@ -437,6 +443,21 @@ impl Replica {
             .iter()
             .map(|c| c.height)
             .collect();
+        // Block history: the last `keep_blocks` blocks, and never less than
+        // back to the oldest checkpoint kept (a node state-syncing from it
+        // must be able to replay from there).
+        if let Some(n) = self.keep_blocks {
+            let head = self.head().0;
+            let floor = head.saturating_sub(n).max(1);
+            let floor = kept
+                .iter()
+                .copied()
+                .min()
+                .map_or(floor, |c| floor.min(c.max(1)));
+            self.blocks
+                .prune_below(floor)
+                .map_err(|e| ImportError::Local(format!("prune blocks: {e}")))?;
+        }
         if let Ok(rd) = std::fs::read_dir(self.data.join("anchors")) {
             for e in rd.flatten() {
                 let h = e.file_name().to_string_lossy().parse::<u64>().ok();

@@ -369,3 +369,53 @@ fn a_failed_checkpoint_loses_nothing() {
     assert_eq!(m.root(), chain2[9].header.state_root);
     statesync_manifest::verify_dir(&f.store.state_dir(10), &m, None).unwrap();
 }
+
+/// Block history retention: a long-running node keeps the last
+/// `keep_blocks` blocks (never fewer than back to its oldest checkpoint),
+/// advertises the new low, serves nothing below it, and its block store
+/// stops growing.
+#[test]
+fn block_history_is_pruned_and_the_store_stays_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let (spec, keys) = small(10);
+    let (mut r, _) = Replica::open(&t.path().join("a"), spec.clone()).unwrap();
+    r.keep_blocks = Some(25);
+    let size = || {
+        std::fs::metadata(t.path().join("a/blocks.redb"))
+            .unwrap()
+            .len()
+    };
+    let mut sizes = Vec::new();
+    for round in 0..6 {
+        for i in 0..100u64 {
+            r.produce(&keys, 1000 + round * 100 + i).unwrap();
+        }
+        sizes.push(size());
+    }
+    let (head, _) = r.head();
+    assert_eq!(head, 600);
+    let oldest_cp = r.store.list().unwrap().first().unwrap().height;
+    let low = r.low();
+    // The last checkpoint was taken at 600: history reaches back 25 blocks
+    // or to the oldest kept checkpoint, whichever is lower.
+    assert_eq!(
+        low,
+        (600 - 25).min(oldest_cp),
+        "low {low}, oldest checkpoint {oldest_cp}"
+    );
+    assert_eq!(r.blocks.bounds().unwrap(), Some((low, 600)));
+    assert!(r.blocks.get(low - 1).unwrap().is_none());
+    assert!(r.blocks.get(low).unwrap().is_some());
+    assert!(r.blocks.range_raw(1, 10, 1 << 20).unwrap().is_empty());
+    // Freed pages are reused: the file does not grow once pruning runs.
+    let last = *sizes.last().unwrap();
+    assert!(
+        last <= sizes[1] + sizes[1] / 2,
+        "block store grew: {sizes:?}"
+    );
+    // Reopened, the bounds hold.
+    drop(r);
+    let (r, _) = Replica::open(&t.path().join("a"), spec).unwrap();
+    assert_eq!(r.low(), low);
+    assert_eq!(r.head().0, 600);
+}

@@ -118,6 +118,11 @@ pub struct NodeArgs {
     /// Backfill history down to this height; 0: no backfill [default: 1].
     #[arg(long)]
     horizon: Option<u64>,
+    /// Blocks of history kept below the head (at least back to the oldest
+    /// kept checkpoint); older blocks are deleted and not backfilled; 0
+    /// keeps everything (an archive) [default: 50000].
+    #[arg(long)]
+    keep_blocks: Option<u64>,
     /// Without local state, replay from genesis when that is the better
     /// plan (default: state sync).
     #[arg(long)]
@@ -171,6 +176,7 @@ impl NodeArgs {
             },
             keep: self.keep.or(f.keep),
             horizon: self.horizon.or(f.horizon),
+            keep_blocks: self.keep_blocks.or(f.keep_blocks),
             replay_from_genesis: self.replay_from_genesis || f.replay_from_genesis,
             exit_after_following: self.exit_after_following.or(f.exit_after_following),
             stop_at: self.stop_at.or(f.stop_at),
@@ -201,6 +207,11 @@ impl NodeArgs {
         }
         if let Some(h) = self.horizon {
             s.horizon = h;
+        }
+        match self.keep_blocks {
+            Some(0) => s.keep_blocks = None,
+            Some(n) => s.keep_blocks = Some(n),
+            None => {}
         }
         s.replay_from_genesis = self.replay_from_genesis;
         s.stop_at = self.stop_at;

@@ -15,7 +15,9 @@ mod blocks;
 pub(crate) mod executor;
 mod types;
 
-pub use types::{ChainSample, ChainSetup, ChainStats, ChainStatus, ChainSummary};
+pub use types::{
+    ChainSample, ChainSetup, ChainStats, ChainStatus, ChainSummary, DEFAULT_KEEP_BLOCKS,
+};
 
 pub(crate) use blocks::Answer;
 
@@ -128,6 +130,7 @@ impl ChainNode {
             Replica::open_with(&data, spec.clone(), setup.produce)
                 .map_err(|e| format!("open chain data in {}: {e}", data.display()))?;
         replica.keep = setup.keep.max(1);
+        replica.keep_blocks = setup.keep_blocks;
         info!(
             chain = &spec.id.to_hex()[..16],
             state = if replica.has_state() {
@@ -296,9 +299,19 @@ impl ChainNode {
         }
     }
 
+    /// How far down history is backfilled: the horizon, or less where
+    /// retention would delete it again.
+    fn backfill_floor(&self) -> u64 {
+        let h = self.setup.horizon.max(1);
+        match self.setup.keep_blocks {
+            Some(n) => h.max(self.head.saturating_sub(n)),
+            None => h,
+        }
+    }
+
     fn backfill_done(&self) -> bool {
         self.backward.as_ref().is_none_or(|b| b.is_done())
-            && (self.setup.horizon == 0 || self.low <= self.setup.horizon.max(1) || self.head == 0)
+            && (self.setup.horizon == 0 || self.low <= self.backfill_floor() || self.head == 0)
     }
 
     fn stats(&self) -> ChainStats {
@@ -395,23 +408,20 @@ impl ChainNode {
         if self.backward.is_none()
             && self.setup.horizon > 0
             && self.has_state
-            && self.low > self.setup.horizon.max(1)
+            && self.low > self.backfill_floor()
             && matches!(
                 self.catchup.phase(),
                 PhaseName::Replay | PhaseName::Following
             )
         {
-            let mut b = RangeSync::backward(self.low, self.setup.horizon, self.setup.range.clone());
+            let floor = self.backfill_floor();
+            let mut b = RangeSync::backward(self.low, floor, self.setup.range.clone());
             for (p, s) in self.catchup.peers() {
                 if s.head > 0 {
                     b.update_peer(*p, s.low.max(1), s.head, now);
                 }
             }
-            let msg = format!(
-                "backfill from {} down to {}",
-                self.low,
-                self.setup.horizon.max(1)
-            );
+            let msg = format!("backfill from {} down to {floor}", self.low);
             self.log(msg);
             self.backward = Some(b);
         }

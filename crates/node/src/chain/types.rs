@@ -7,6 +7,10 @@ use statesync_engine::catchup::{Force, PhaseName};
 use statesync_engine::range;
 use std::collections::HashMap;
 
+/// Blocks of history a node keeps by default (about 2.8 hours at 200 ms
+/// blocks; roughly 500 MB with the reference chain's blocks).
+pub const DEFAULT_KEEP_BLOCKS: u64 = 50_000;
+
 /// How a chain node runs.
 #[derive(Clone)]
 pub struct ChainSetup {
@@ -20,6 +24,10 @@ pub struct ChainSetup {
     pub keep: usize,
     /// Backfill history down to this height (1: genesis; 0: no backfill).
     pub horizon: u64,
+    /// Blocks of history kept below the head (never fewer than back to the
+    /// oldest kept checkpoint); older ones are deleted and backfill stops
+    /// there. `None`: keep everything (an archive node).
+    pub keep_blocks: Option<u64>,
     /// Without local state, replay from genesis when peers have the whole
     /// history and replay is the better plan (else: state sync).
     pub replay_from_genesis: bool,
@@ -43,6 +51,7 @@ impl ChainSetup {
             produce: false,
             keep: 3,
             horizon: 1,
+            keep_blocks: Some(DEFAULT_KEEP_BLOCKS),
             replay_from_genesis: false,
             stop_at: None,
             switch_after_secs: 2.0,
