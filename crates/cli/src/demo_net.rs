@@ -44,6 +44,8 @@ pub struct NetDemoArgs {
 
 struct Node {
     name: String,
+    /// Demo seconds when it was started (its report's clock starts there).
+    started: f64,
     child: Child,
     status: PathBuf,
     report: PathBuf,
@@ -74,7 +76,7 @@ fn status(p: &Path) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn start(dir: &Path, genesis: &Path, name: &str, args: &[String]) -> Result<Node> {
+fn start(dir: &Path, genesis: &Path, name: &str, args: &[String], started: f64) -> Result<Node> {
     let exe = std::env::current_exe()?;
     let data = dir.join(name);
     let addr = dir.join(format!("{name}.addr"));
@@ -107,6 +109,7 @@ fn start(dir: &Path, genesis: &Path, name: &str, args: &[String]) -> Result<Node
     let a = std::fs::read_to_string(&addr)?;
     Ok(Node {
         name: name.into(),
+        started,
         child,
         status,
         report,
@@ -159,7 +162,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         );
     }
     vargs.extend(limits.clone());
-    let v0 = start(dir, &genesis, "validator", &vargs)?;
+    let v0 = start(dir, &genesis, "validator", &vargs, el())?;
     say(format!(
         "[{:5.1}s] validator started (leader, signs with 3 of the 4 keys), generating the genesis state",
         el()
@@ -168,7 +171,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
     for i in 0..a.followers {
         let mut args = vec!["--peer".to_string(), nodes[0].addr.clone()];
         args.extend(limits.clone());
-        let n = start(dir, &genesis, &format!("follower-{}", i + 1), &args)?;
+        let n = start(dir, &genesis, &format!("follower-{}", i + 1), &args, el())?;
         nodes.push(n);
     }
     say(format!(
@@ -215,7 +218,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
     let head_at_join = status(&nodes[0].status)["chain"]["head"]
         .as_u64()
         .unwrap_or(0);
-    let mut joiner = start(dir, &genesis, "joiner", &jargs)?;
+    let mut joiner = start(dir, &genesis, "joiner", &jargs, el())?;
     say(format!(
         "[{:5.1}s] a fresh node joins at chain height {head_at_join}, with no state and no blocks",
         el()
@@ -242,6 +245,10 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         if show {
             last_line = Instant::now();
             let detail = match phase.as_str() {
+                "state-sync" if st["fetch"]["bytes_needed"].as_u64().unwrap_or(0) == 0 => format!(
+                    "checkpoint {}: fetching the manifest and planning",
+                    c["target"].as_u64().unwrap_or(0)
+                ),
                 "state-sync" => {
                     let f = &st["fetch"];
                     let done = f["bytes_done"].as_u64().unwrap_or(0);
@@ -331,7 +338,36 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
             ui::bytes(b.as_u64().unwrap_or(0))
         ));
     }
-    let html = render_html(&a, &lines, &heads, &names, took);
+    // Every node's timeline, the joiner last (the nodes still run: their
+    // reports hold samples up to now).
+    let mut timelines = Vec::new();
+    for n in nodes.iter().chain(std::iter::once(&joiner)) {
+        let text = std::fs::read_to_string(&n.report).unwrap_or_default();
+        timelines.push(crate::report::Timeline {
+            name: n.name.clone(),
+            offset: n.started,
+            lines: text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect(),
+        });
+    }
+    let setup = format!(
+        "A validator produced a block every {} ms over a {} state (a checkpoint every {} blocks); {} followers joined by state sync. A fresh node joined after {} s and reached the head, then followed it: {:.1} s from its start to done.",
+        a.block_ms,
+        ui::bytes(a.state_mib << 20),
+        a.checkpoint_interval,
+        a.followers,
+        a.join_after,
+        took
+    );
+    let html = crate::report::render(&crate::report::Report {
+        setup,
+        nodes: &timelines,
+        names: &names,
+        took,
+    });
+    let _ = &heads;
     std::fs::write(&a.report, html)?;
     say(format!("report: {}", a.report.display()));
     if json {
@@ -343,244 +379,4 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
     }
     drop(nodes);
     Ok(ExitCode::SUCCESS)
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// (label, colour, points)
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
-
-/// A small SVG line chart: series of (x, y) with a colour and a label.
-fn line_chart(
-    series: &[Series<'_>],
-    bands: &[(f64, f64, &str, &str)],
-    xlabel: &str,
-    ylabel: &str,
-) -> String {
-    let (w, h, l, b) = (760.0, 300.0, 60.0, 40.0);
-    let pts = series.iter().flat_map(|s| s.2.iter());
-    let xmax = pts.clone().map(|p| p.0).fold(1.0f64, f64::max);
-    let xmin = pts
-        .clone()
-        .map(|p| p.0)
-        .fold(xmax, f64::min)
-        .min(bands.iter().map(|b| b.0).fold(xmax, f64::min));
-    let ymax = pts.map(|p| p.1).fold(1.0f64, f64::max);
-    let sx = |x: f64| l + (x - xmin) / (xmax - xmin).max(1e-9) * (w - l - 10.0);
-    let sy = |y: f64| h - b - y / ymax * (h - b - 10.0);
-    let mut o = format!(
-        r#"<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">"#
-    );
-    for (x0, x1, colour, label) in bands {
-        o += &format!(
-            r##"<rect x="{:.1}" y="10" width="{:.1}" height="{:.1}" fill="{colour}" opacity="0.25"><title>{label}</title></rect><text x="{:.1}" y="24" fill="#444">{label}</text>"##,
-            sx(*x0),
-            (sx(*x1) - sx(*x0)).max(1.0),
-            h - b - 10.0,
-            sx(*x0) + 2.0
-        );
-    }
-    o += &format!(
-        r#"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
-        h - b,
-        w - 10.0,
-        h - b
-    );
-    o += &format!(
-        r#"<line x1="{l}" y1="10" x2="{l}" y2="{}" stroke="black"/>"#,
-        h - b
-    );
-    for i in 0..=4 {
-        let y = ymax * i as f64 / 4.0;
-        o += &format!(
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.0}</text>"#,
-            l - 4.0,
-            sy(y) + 4.0,
-            y
-        );
-        let x = xmin + (xmax - xmin) * i as f64 / 4.0;
-        o += &format!(
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0}</text>"#,
-            sx(x),
-            h - b + 16.0,
-            x
-        );
-    }
-    o += &format!(
-        r#"<text x="{}" y="{}" text-anchor="middle">{xlabel}</text>"#,
-        (l + w) / 2.0,
-        h - 4.0
-    );
-    o += &format!(
-        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">{ylabel}</text>"#,
-        h / 2.0,
-        h / 2.0
-    );
-    for (i, (label, colour, s)) in series.iter().enumerate() {
-        let path: Vec<String> = s
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        o += &format!(
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            path.join(" ")
-        );
-        o += &format!(
-            r#"<text x="{}" y="{}" fill="{colour}">{label}</text>"#,
-            l + 10.0 + 160.0 * i as f64,
-            h - b - 8.0
-        );
-    }
-    o + "</svg>"
-}
-
-fn bar_chart(bars: &[(String, u64, u64)]) -> String {
-    let (w, row) = (760.0, 26.0);
-    let h = row * bars.len() as f64 + 30.0;
-    let max = bars.iter().map(|b| b.1 + b.2).max().unwrap_or(1).max(1) as f64;
-    let mut o = format!(
-        r#"<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">"#
-    );
-    for (i, (name, state, blocks)) in bars.iter().enumerate() {
-        let y = 10.0 + row * i as f64;
-        let ws = *state as f64 / max * 480.0;
-        let wb = *blocks as f64 / max * 480.0;
-        o += &format!(r#"<text x="0" y="{:.1}">{}</text>"#, y + 15.0, esc(name));
-        o += &format!(r##"<rect x="130" y="{y:.1}" width="{ws:.1}" height="18" fill="#4878d0"/>"##);
-        o += &format!(
-            r##"<rect x="{:.1}" y="{y:.1}" width="{wb:.1}" height="18" fill="#ee854a"/>"##,
-            130.0 + ws
-        );
-        o += &format!(
-            r#"<text x="{:.1}" y="{:.1}">{} state + {} blocks</text>"#,
-            136.0 + ws + wb,
-            y + 14.0,
-            ui::bytes(*state),
-            ui::bytes(*blocks)
-        );
-    }
-    o + "</svg>"
-}
-
-fn render_html(
-    a: &NetDemoArgs,
-    lines: &[Value],
-    heads: &[(f64, u64)],
-    names: &HashMap<String, String>,
-    took: f64,
-) -> String {
-    // The joiner's clock starts at its own start; align with the demo's by
-    // its first sample and the validator samples' times.
-    let samples: Vec<&Value> = lines.iter().filter(|l| l.get("phase").is_some()).collect();
-    let offset = a.join_after as f64;
-    let joiner: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| {
-            (
-                offset + s["t"].as_f64().unwrap_or(0.0),
-                s["head"].as_u64().unwrap_or(0) as f64,
-            )
-        })
-        .collect();
-    let chain: Vec<(f64, f64)> = heads.iter().map(|(t, h)| (*t, *h as f64)).collect();
-    let mut bands = Vec::new();
-    let colour = |p: &str| match p {
-        "state-sync" | "await-anchor" | "adopting" => "#4878d0",
-        "replay" => "#ee854a",
-        "following" => "#6acc64",
-        _ => "#cccccc",
-    };
-    let mut cur: Option<(f64, String)> = None;
-    for s in &samples {
-        let t = offset + s["t"].as_f64().unwrap_or(0.0);
-        let p = s["phase"].as_str().unwrap_or("").to_string();
-        match &cur {
-            Some((_, q)) if *q == p => {}
-            Some((t0, q)) => {
-                bands.push((*t0, t, colour(q), q.clone()));
-                cur = Some((t, p));
-            }
-            None => cur = Some((t, p)),
-        }
-    }
-    if let (Some((t0, q)), Some(last)) = (cur, joiner.last()) {
-        bands.push((t0, last.0, colour(&q), q));
-    }
-    let band_refs: Vec<(f64, f64, &str, &str)> = bands
-        .iter()
-        .map(|(a, b, c, d)| (*a, *b, *c, d.as_str()))
-        .collect();
-    let heights = line_chart(
-        &[
-            ("chain head (validator)", "#333333", chain),
-            ("late joiner", "#d65f5f", joiner),
-        ],
-        &band_refs,
-        "seconds since the demo started",
-        "block height",
-    );
-    let summary = lines
-        .iter()
-        .rev()
-        .find_map(|l| l.get("summary"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let mut per_peer: HashMap<String, (u64, u64)> = HashMap::new();
-    for (id, b) in summary["state_bytes_per_peer"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        per_peer.entry(id.clone()).or_default().0 += b.as_u64().unwrap_or(0);
-    }
-    for (id, b) in summary["block_bytes_per_peer"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        per_peer.entry(id.clone()).or_default().1 += b.as_u64().unwrap_or(0);
-    }
-    let mut bars: Vec<(String, u64, u64)> = per_peer
-        .into_iter()
-        .map(|(id, (s, b))| (names.get(&id).cloned().unwrap_or(id), s, b))
-        .collect();
-    bars.sort();
-    let events: Vec<String> = lines
-        .iter()
-        .filter_map(|l| {
-            let e = l.get("event")?.as_str()?;
-            Some(format!(
-                "<tr><td>{:.1}</td><td>{}</td></tr>",
-                offset + l["t"].as_f64().unwrap_or(0.0),
-                esc(e)
-            ))
-        })
-        .collect();
-    let stats = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    format!(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>statesync demo</title>
-<style>body{{font-family:sans-serif;max-width:820px;margin:2em auto;color:#222}} td{{padding:2px 10px;vertical-align:top}} pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>
-<h1>statesync demo: a late joiner catches up</h1>
-<p>A validator produced a block every {} ms over a {} state (checkpoint every {} blocks); {} followers joined by state sync. A fresh node joined after {} s and reached the head, then followed it: {:.1} s from its start to done.</p>
-<h2>Block height over time</h2>{heights}
-<p>Bands: blue = state sync, orange = replay (range sync), green = following.</p>
-<h2>Bytes the joiner received, per peer</h2>{}
-<p>Blue: state (checkpoint chunks); orange: blocks (replay and backfill).</p>
-<h2>Joiner events</h2><table>{}</table>
-<h2>Joiner summary</h2><pre>{}</pre>
-</body></html>"#,
-        a.block_ms,
-        ui::bytes(a.state_mib << 20),
-        a.checkpoint_interval,
-        a.followers,
-        a.join_after,
-        took,
-        bar_chart(&bars),
-        events.join(""),
-        esc(&stats)
-    )
 }

@@ -22,6 +22,7 @@ mod metrics_http;
 mod netrun;
 mod node;
 mod output;
+mod report;
 mod serve;
 mod tools;
 

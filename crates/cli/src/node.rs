@@ -261,7 +261,14 @@ impl Report {
                     let _ = f.flush();
                 }
             }
-            ChainEvent::CatchUp { .. } => {}
+            ChainEvent::CatchUp { t, note } => {
+                if let statesync_engine::catchup::Note::Phase { from, to, head } = note {
+                    self.line(&serde_json::json!({
+                        "t": t,
+                        "phase_change": {"from": from, "to": to, "head": head},
+                    }));
+                }
+            }
         }
     }
 }

@@ -511,8 +511,83 @@ fn network_demo_joiner_reaches_the_head_and_reports() {
     );
     assert_eq!(sum["low"].as_u64(), Some(1), "history not backfilled: {v}");
     let html = std::fs::read_to_string(&report).unwrap();
-    assert!(html.contains("<svg") && html.contains("late joiner") && html.contains("polyline"));
-    assert!(html.contains("state + "), "no bytes-per-peer bars");
+    // Every node is plotted under its name; the phases are spans; no peer
+    // ids on display.
+    for name in ["validator", "follower-1", "joiner"] {
+        assert!(
+            html.contains(&format!("data-series=\"{name}\"")),
+            "{name} not plotted"
+        );
+    }
+    assert!(
+        html.contains("data-phase=\"state-sync\""),
+        "no state sync span"
+    );
+    assert!(
+        html.contains("data-phase=\"following\""),
+        "no following span"
+    );
+    assert!(!html.contains("12D3KooW"), "peer ids on display");
+    rendered_in_a_browser(&report, d.path());
+}
+
+/// Loads the report in headless Chromium and checks, on the screenshot,
+/// that the plots were drawn: the joiner's line and the state sync and
+/// following spans have their colours on screen.
+fn rendered_in_a_browser(report: &Path, dir: &Path) {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("this test needs headless Chromium (Debian: apt-get install chromium); .ci/run installs it");
+    let shot = dir.join("report.png");
+    let st = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=900,2400",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", report.display()))
+        .output()
+        .unwrap();
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&shot).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let count = |rgb: [u8; 3]| {
+        buf[..info.buffer_size()]
+            .chunks(px)
+            .filter(|p| p[..3].iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 6))
+            .count()
+    };
+    let joiner = count([0xd6, 0x5f, 0x5f]);
+    let sync = count([0x48, 0x78, 0xd0]);
+    let following = count([0x6a, 0xcc, 0x64]);
+    assert!(joiner > 500, "joiner's line not drawn ({joiner} px)");
+    assert!(sync > 500, "state sync span not drawn ({sync} px)");
+    assert!(following > 500, "following span not drawn ({following} px)");
 }
 
 /// Output to a closed pipe ends the command quietly (no panic, exit 0);

@@ -41,6 +41,16 @@ pub enum Plan {
     },
 }
 
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Follow => f.write_str("follow the head"),
+            Plan::Replay => f.write_str("replay blocks"),
+            Plan::StateSync { height } => write!(f, "state sync to checkpoint {height}"),
+        }
+    }
+}
+
 /// A plan and the estimates that led to it, for logs and status.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Decision {

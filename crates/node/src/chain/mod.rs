@@ -434,6 +434,16 @@ impl ChainNode {
             let (fetched, needed) = fetch
                 .map(|f| (f.bytes_fetched(), f.scheduler_progress().bytes_needed))
                 .unwrap_or((0, 0));
+            let mut state_bytes_per_peer: std::collections::BTreeMap<String, u64> = self
+                .state_bytes_per_peer
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            if let Some(f) = fetch {
+                for (p, b) in f.bytes_per_peer() {
+                    *state_bytes_per_peer.entry(p.clone()).or_default() += b;
+                }
+            }
             let sample = ChainSample {
                 t: self.t(),
                 phase: self.catchup.phase(),
@@ -443,6 +453,12 @@ impl ChainNode {
                 low: self.low,
                 state_fetched: self.stats.state_bytes_fetched + fetched,
                 state_needed: needed,
+                state_bytes_per_peer,
+                block_bytes_per_peer: self
+                    .block_bytes_per_peer
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect(),
             };
             self.out
                 .push_back(ChainOut::Event(ChainEvent::Sample(sample)));
@@ -526,7 +542,7 @@ impl ChainNode {
         let msg = match &n {
             Note::Phase { from, to, head } => format!("phase {from} -> {to} at height {head}"),
             Note::Decided { decision } => {
-                format!("decision: {:?} ({})", decision.plan, decision.reason)
+                format!("decision: {} ({})", decision.plan, decision.reason)
             }
             Note::NoPeerWithBlocks => "no peer with blocks yet: waiting".into(),
             Note::AnchorUnusable { height } => {

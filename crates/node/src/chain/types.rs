@@ -148,6 +148,10 @@ pub struct ChainSample {
     pub state_fetched: u64,
     /// Bytes the running sync must fetch.
     pub state_needed: u64,
+    /// State bytes received so far, per peer (all syncs).
+    pub state_bytes_per_peer: std::collections::BTreeMap<String, u64>,
+    /// Block bytes received so far, per peer.
+    pub block_bytes_per_peer: std::collections::BTreeMap<String, u64>,
 }
 
 /// Totals of a chain node's run.
