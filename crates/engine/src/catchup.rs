@@ -358,6 +358,8 @@ pub struct CatchUp<P> {
     behind_since: Option<Instant>,
     decision: Option<Decision>,
     noted_no_peers: bool,
+    /// (time, best head) as the head moved, over the last minute.
+    head_samples: VecDeque<(Instant, u64)>,
     actions: VecDeque<Action<P>>,
     stats: Stats,
 }
@@ -388,6 +390,7 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
             behind_since: None,
             decision: None,
             noted_no_peers: false,
+            head_samples: VecDeque::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -463,6 +466,7 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
     /// `peer` reported its chain.
     pub fn handle_peer_status(&mut self, peer: P, view: PeerView, now: Instant) {
         self.peers.insert(peer, view);
+        self.sample_head(now);
         self.handle_timeout(now);
     }
 
@@ -728,8 +732,38 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
         Duration::from_millis(500) * 2u32.pow(self.failures_in_row.min(6))
     }
 
+    /// The chain's production rate: measured from the best head over the
+    /// last 5 to 60 s, the configured block time until then.
     fn produced_bps(&self) -> f64 {
-        1.0 / self.cfg.block_interval.as_secs_f64().max(1e-3)
+        let configured = 1.0 / self.cfg.block_interval.as_secs_f64().max(1e-3);
+        match (self.head_samples.front(), self.head_samples.back()) {
+            (Some(a), Some(b)) if b.0.saturating_duration_since(a.0) >= Duration::from_secs(5) => {
+                let dt = b.0.saturating_duration_since(a.0).as_secs_f64();
+                (b.1.saturating_sub(a.1) as f64 / dt).max(0.0)
+            }
+            _ => configured,
+        }
+    }
+
+    /// The production rate the decisions use (blocks per second).
+    pub fn production_rate(&self) -> f64 {
+        self.produced_bps()
+    }
+
+    /// Records the best head as it moves (for the production rate).
+    fn sample_head(&mut self, now: Instant) {
+        let best = self.best_head();
+        if self.head_samples.back().is_some_and(|s| s.1 >= best) {
+            return;
+        }
+        self.head_samples.push_back((now, best));
+        while self
+            .head_samples
+            .front()
+            .is_some_and(|s| now.saturating_duration_since(s.0) > Duration::from_secs(60))
+        {
+            self.head_samples.pop_front();
+        }
     }
 
     fn start_replay(&mut self) {

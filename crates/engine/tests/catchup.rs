@@ -734,3 +734,30 @@ fn the_simulation_is_deterministic() {
     assert_eq!(a.run(900.0), b.run(900.0));
     assert_eq!(a.trace, b.trace);
 }
+
+/// The decision uses the production rate it measures from peers' heads,
+/// not the configured one: a chain configured for 5 blocks/s that makes 20.
+#[test]
+fn the_production_rate_is_measured_from_the_heads() {
+    let mut w = World {
+        local: (900, true),
+        block_ms: 50, // the chain really makes 20 blocks/s
+        start_head: 1_000,
+        replay_bps: 60.0,
+        ..World::default()
+    };
+    w.cfg.initial_replay_bps = 60.0;
+    let mut s = Sim::new(w);
+    let configured = Config {
+        block_interval: Duration::from_millis(200),
+        ..s.w.cfg.clone()
+    };
+    s.core = CatchUp::new(configured, 900, 900, true, s.t0);
+    assert!((s.core.production_rate() - 5.0).abs() < 1e-9);
+    s.run(120.0).expect("never followed");
+    for _ in 0..400 {
+        s.step(); // 20 s more of peers reporting their heads
+    }
+    let r = s.core.production_rate();
+    assert!((r - 20.0).abs() < 3.0, "measured {r} blocks/s");
+}

@@ -294,6 +294,7 @@ impl ChainNode {
             decision: self.catchup.decision().cloned(),
             replay_blocks_per_sec: self.catchup.replay_rate(),
             fetch_bytes_per_sec: self.catchup.fetch_rate(),
+            production_blocks_per_sec: self.catchup.production_rate(),
             forward: self.forward.as_ref().map(|f| f.stats.clone()),
             backfill: self.backward.as_ref().map(|b| b.stats.clone()),
         }

@@ -123,6 +123,8 @@ pub struct ChainStatus {
     pub replay_blocks_per_sec: f64,
     /// Measured state fetch rate (bytes/s).
     pub fetch_bytes_per_sec: f64,
+    /// The chain's production rate (blocks/s), measured from peers' heads.
+    pub production_blocks_per_sec: f64,
     /// Forward range sync counters.
     pub forward: Option<range::Stats>,
     /// Backfill counters.
