@@ -73,6 +73,10 @@ pub enum BenchCmd {
         #[arg(long)]
         no_incident: bool,
     },
+    /// Block gossip in simulation: IDA gossip vs flooding (gossipsub-like
+    /// mesh) vs a Turbine-like tree, honest and with Byzantine relays;
+    /// writes an HTML report with the delivery-time CDFs.
+    Gossip(crate::bench_gossip::Args),
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -155,6 +159,7 @@ struct Row {
 
 pub fn run(cmd: BenchCmd, json: bool) -> Result<ExitCode> {
     match cmd {
+        BenchCmd::Gossip(args) => crate::bench_gossip::run(args, json),
         BenchCmd::Manifest {
             dir,
             size,

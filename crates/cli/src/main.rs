@@ -12,6 +12,7 @@
 
 mod bench;
 mod bench_blocks;
+mod bench_gossip;
 mod bench_sync;
 mod config;
 mod demo;

@@ -663,3 +663,68 @@ fn closed_stdout_json_errors_and_refused_inputs() {
     let v = ok_json(&["id", "--data", s(&d.path().join("n"))]);
     assert!(v["peer_id"].as_str().unwrap().starts_with("12D3"));
 }
+
+/// `bench gossip` on a small committee: JSON with every run and the goals,
+/// and an HTML report with the three strategies' CDFs.
+#[test]
+fn bench_gossip_reports_runs_goals_and_cdfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("gossip.html");
+    let out = bin()
+        .args([
+            "--json", "bench", "gossip", "--nodes", "64", "--block", "256KB",
+        ])
+        .arg("--out")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let find = |sc: &str, st: &str| {
+        runs.iter()
+            .find(|r| r["scenario"] == sc && r["strategy"] == st)
+            .unwrap_or_else(|| panic!("no {sc} {st} run"))
+    };
+    for st in ["ida", "flood", "tree"] {
+        let r = find("honest", st);
+        assert_eq!(r["delivered"], 63, "{st}: {r}");
+    }
+    for sc in ["byzantine-drop", "byzantine-forge"] {
+        let r = find(sc, "ida");
+        assert_eq!(r["delivered"], r["honest"], "{sc}: {r}");
+        assert_eq!(r["honest"], 42);
+    }
+    assert!(
+        find("byzantine-forge", "ida")["forged_detected"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(find("inconsistent", "ida")["rejected"], 63);
+    assert_eq!(v["goals"]["byzantine_all_decode"], true);
+    assert_eq!(v["goals"]["inconsistent_all_reject"], true);
+    assert!(v["goals"]["proposer_upload_x_block"].as_f64().unwrap() < 2.0);
+    let page = std::fs::read_to_string(&html).unwrap();
+    for st in ["ida", "flood", "tree"] {
+        assert!(
+            page.contains(&format!("data-series=\"{st}\"")),
+            "no {st} CDF in the report"
+        );
+    }
+    // Bad input: a clear error, no report.
+    let bad = run(&[
+        "bench",
+        "gossip",
+        "--nodes",
+        "1",
+        "--out",
+        "/nonexistent/x.html",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--nodes 1"));
+}
