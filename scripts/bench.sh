@@ -6,6 +6,9 @@
 #   scripts/bench.sh [manifest] --size 2GiB --rounds 5
 #   scripts/bench.sh sync --size 2GiB --rounds 3
 #   scripts/bench.sh blocks --blocks 3000 --rounds 3
+#   scripts/bench.sh gossip --nodes 512 --block 2MB   (simulation; HTML CDFs)
+#   scripts/bench.sh hostile   (real processes: hostile peers, a half-open
+#     stream attack and 32 concurrent fetchers; crates/cli/tests/bench_hostile.rs)
 #   scripts/bench.sh sync --xfs --size 2GiB --rounds 3
 #     (same, on an XFS filesystem with reflinks in a loop-mounted image under
 #      /var/tmp: seeded syncs clone unchanged chunks; needs root, installs
@@ -20,9 +23,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need[@]}"
 fi
+if [ "${1:-}" = hostile ]; then
+  shift
+  exec cargo test --release -q -p statesync \
+    --test bench_hostile -- --ignored --nocapture --test-threads 1 "$@"
+fi
 cargo build --release -q
 what=manifest
-case "${1:-}" in manifest|sync|blocks) what=$1; shift;; esac
+case "${1:-}" in manifest|sync|blocks|gossip) what=$1; shift;; esac
 if [ "$what" = sync ] && [ "${1:-}" = --xfs ]; then
   shift
   command -v mkfs.xfs >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq xfsprogs; }

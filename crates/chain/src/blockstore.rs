@@ -41,6 +41,11 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// redb's page cache for the block store: the B-tree's interior pages and
+/// the recent blocks that range sync and pushes read (redb's default, 1 GiB,
+/// let a node's memory grow with its block history).
+pub const CACHE_BYTES: usize = 32 << 20;
+
 /// Verified blocks in a redb database: encoded blocks by height, heights by
 /// header hash, and the bounds `low`/`high` of the stored range.
 pub struct BlockStore {
@@ -53,6 +58,7 @@ impl BlockStore {
     pub fn open(path: &Path) -> Result<BlockStore, StoreError> {
         let database = statesync_store::db::open_or_create(
             path,
+            CACHE_BYTES,
             |d| -> Result<(), statesync_store::db::Error> {
                 let w = d.begin_write()?;
                 {

@@ -39,10 +39,15 @@
 //!   failure cools it off again. Only delivered data forgives strikes (and
 //!   one cool-off each time). The record outlives a disconnect, so
 //!   reconnecting clears nothing.
-//! - Small requests (header, manifest pieces) still unanswered after
-//!   [`Config::hedge_after`] are also sent to another peer; the first
-//!   valid answer wins. A staller delays the manifest by that much, not by
-//!   its timeout.
+//! - The root header is asked of up to three peers at once (topped up as
+//!   peers appear); small requests (header, manifest pieces) still
+//!   unanswered after eight times the quickest small answer seen (at least
+//!   100 ms, at most [`Config::hedge_after`], which is also the wait before
+//!   any answer) are also sent to another peer (four copies that are not
+//!   overdue, eight in all); the first valid answer wins. Peers that delivered something valid rank
+//!   before untried ones, so once the header is in, pieces go to a peer
+//!   known to answer. A staller delays the manifest by a hedge interval,
+//!   not by its timeout.
 //! - Equal peers are ranked by a per-node pseudo-random order of their ids
 //!   (seeded), never by the ids themselves: anyone can generate ids until
 //!   one sorts first.
@@ -260,7 +265,12 @@ impl Peer {
 const MAX_REMEMBERED: usize = 4096;
 
 /// Requests for the same header or manifest piece in flight at most.
-const MAX_SMALL_COPIES: u8 = 3;
+const MAX_SMALL_COPIES: u8 = 4;
+
+/// Peers asked for the root header at once: it is a few dozen bytes and
+/// any one honest answer will do, so a staller or two among the first
+/// peers ranked do not delay the sync by [`Config::hedge_after`].
+const HEADER_FANOUT: u8 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
@@ -347,6 +357,11 @@ pub struct Fetch<P> {
     progress: Progress,
     /// Header requests in flight (more than one when hedged).
     header_inflight: u8,
+    /// The quickest answer to a small request so far: hedging waits a
+    /// multiple of it (a peer far slower than the quickest is stalling).
+    fastest_small: Option<Duration>,
+    /// The lowest round-trip time measured to any peer (pings).
+    min_rtt: Option<Duration>,
     /// Strikes and cool-offs of peers that disconnected.
     remembered: HashMap<P, (u32, u32)>,
 }
@@ -379,6 +394,8 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             actions: VecDeque::new(),
             progress: Progress::default(),
             header_inflight: 0,
+            fastest_small: None,
+            min_rtt: None,
             remembered: HashMap::new(),
         }
     }
@@ -426,6 +443,12 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
             .values()
             .filter(|p| matches!(p.stats.state, PeerState::Active | PeerState::Waiting(_)))
             .count()
+    }
+
+    /// A round-trip time measured to `peer` (a ping): before any small
+    /// answer arrived, hedging waits a multiple of the lowest one.
+    pub fn handle_rtt(&mut self, _peer: &P, rtt: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
     }
 
     /// A peer that serves the root is connected: requests go to it from
@@ -565,7 +588,21 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     /// When a small request should be hedged, if it is one that may be.
     fn hedge_at(&self, r: &Inflight<P>) -> Option<Instant> {
         let small = matches!(r.ask, Ask::Header | Ask::FilePiece(_) | Ask::ChunkPiece(_));
-        (small && !r.hedged).then(|| r.sent + self.cfg.hedge_after)
+        (small && !r.hedged).then(|| r.sent + self.hedge_delay())
+    }
+
+    /// How long a small request waits before it is hedged: eight times the
+    /// quickest small answer seen, or before any, the lowest round-trip
+    /// time measured (at least 100 ms), at most [`Config::hedge_after`]
+    /// (the wait when nothing was measured).
+    fn hedge_delay(&self) -> Duration {
+        match self.fastest_small.or(self.min_rtt) {
+            Some(f) => (f * 8).clamp(
+                Duration::from_millis(100).min(self.cfg.hedge_after),
+                self.cfg.hedge_after,
+            ),
+            None => self.cfg.hedge_after,
+        }
     }
 
     /// Sends request `id`'s ask to the best other peer that can take it.
@@ -588,13 +625,22 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
         else {
             return;
         };
+        // Copies not yet overdue (not hedged themselves) are capped at
+        // MAX_SMALL_COPIES, all copies at twice that: an overdue copy is
+        // likely at a staller, and must not keep the ask from the peers
+        // ranked after it.
+        let fresh = self
+            .inflight
+            .values()
+            .filter(|x| x.ask == ask && !x.hedged)
+            .count();
         let count = match &ask {
             Ask::Header => &mut self.header_inflight,
             Ask::FilePiece(j) => self.pieces_inflight.entry((true, *j)).or_default(),
             Ask::ChunkPiece(j) => self.pieces_inflight.entry((false, *j)).or_default(),
             Ask::Chunks(_) => return,
         };
-        if *count >= MAX_SMALL_COPIES {
+        if fresh >= usize::from(MAX_SMALL_COPIES) || *count >= 2 * MAX_SMALL_COPIES {
             return;
         }
         *count += 1;
@@ -1050,6 +1096,10 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     /// Measures the peer after a successful response and grows its window.
     fn credit(&mut self, r: &Inflight<P>, bytes: u64, now: Instant) {
         let max_window = self.cfg.max_window;
+        if matches!(r.ask, Ask::Header | Ask::FilePiece(_) | Ask::ChunkPiece(_)) {
+            let took = now.saturating_duration_since(r.sent);
+            self.fastest_small = Some(self.fastest_small.map_or(took, |f| f.min(took)));
+        }
         if let Some(p) = self.peers.get_mut(&r.peer) {
             // Delivered data forgives strikes, and one cool-off.
             p.stats.strikes = 0;
@@ -1114,19 +1164,28 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     /// Active peers: those without strikes first, then fastest first
     /// (unmeasured ones in the middle), then in this node's own order.
     fn ranked_peers(&self) -> Vec<P> {
-        let mut v: Vec<(&P, u32, f64, u64)> = self
+        let mut v: Vec<(&P, u32, bool, f64, u64)> = self
             .peers
             .iter()
             .filter(|(_, p)| p.stats.state == PeerState::Active)
             .map(|(k, p)| {
                 let rate = p.stats.rate.unwrap_or(self.cfg.assumed_rate);
-                (k, p.stats.strikes, rate, p.tiebreak)
+                (
+                    k,
+                    p.stats.strikes,
+                    p.stats.bytes_received > 0,
+                    rate,
+                    p.tiebreak,
+                )
             })
             .collect();
+        // Fewest strikes; then peers that have delivered something valid
+        // (the header, a piece) before untried ones; then the faster.
         v.sort_by(|a, b| {
             a.1.cmp(&b.1)
-                .then_with(|| b.2.total_cmp(&a.2))
-                .then_with(|| a.3.cmp(&b.3))
+                .then_with(|| b.2.cmp(&a.2))
+                .then_with(|| b.3.total_cmp(&a.3))
+                .then_with(|| a.4.cmp(&b.4))
                 .then_with(|| a.0.cmp(b.0))
         });
         v.into_iter().map(|(k, ..)| k.clone()).collect()
@@ -1135,14 +1194,21 @@ impl<P: Clone + Eq + Ord + StdHash + Debug> Fetch<P> {
     fn schedule(&mut self, now: Instant) {
         match self.phase {
             Phase::Header => {
-                if self.header_inflight > 0 {
-                    return;
-                }
-                if let Some(peer) = self
+                // Up to HEADER_FANOUT copies, topped up as peers appear.
+                let asked: HashSet<P> = self
+                    .inflight
+                    .values()
+                    .filter(|x| x.ask == Ask::Header)
+                    .map(|x| x.peer.clone())
+                    .collect();
+                let room = usize::from(HEADER_FANOUT.saturating_sub(self.header_inflight));
+                let peers: Vec<P> = self
                     .ranked_peers()
                     .into_iter()
-                    .find(|p| self.piece_slots(p) > 0)
-                {
+                    .filter(|p| !asked.contains(p) && self.piece_slots(p) > 0)
+                    .take(room)
+                    .collect();
+                for peer in peers {
                     self.header_inflight += 1;
                     self.send(peer, Ask::Header, 128, now);
                 }

@@ -34,6 +34,8 @@ struct PeerSpec {
     /// Answers every request at once with this failure (a peer that resets
     /// or truncates every stream: `Io`; one that refuses: `Refused`).
     fail: Option<Failure>,
+    /// Its round-trip time is reported when it joins (as a ping would).
+    ping: bool,
 }
 
 enum Reply {
@@ -105,6 +107,10 @@ impl Sim {
             if !self.joined[i] && self.peers[i].joins_at_ms <= t {
                 self.joined[i] = true;
                 self.fetch.add_peer(i, self.now);
+                if self.peers[i].ping {
+                    let rtt = Duration::from_millis(2 * self.peers[i].latency_ms);
+                    self.fetch.handle_rtt(&i, rtt);
+                }
             }
             if !self.left[i] && self.peers[i].leaves_at_ms.is_some_and(|l| l <= t) {
                 self.left[i] = true;
@@ -760,4 +766,42 @@ fn manifest_pieces_are_requested_once_each() {
     assert!(sim.fetch.is_done());
     let asked = sim.piece_requests;
     assert_eq!(asked, pieces, "pieces requested {asked} times for {pieces}");
+}
+
+/// Five silent peers ranked before the only honest one, which joins a
+/// little later: the header goes to three of them at once, and once a ping
+/// measured the honest peer's round trip, hedging waits a multiple of it
+/// rather than the configured second, so the manifest is not held up.
+#[test]
+fn stallers_ranked_first_delay_the_manifest_by_a_few_round_trips() {
+    let m = big_manifest(200);
+    let cfg = Config {
+        hedge_after: Duration::from_secs(1),
+        ..cfg()
+    };
+    let good = PeerSpec {
+        ping: true,
+        joins_at_ms: 5,
+        ..honest(1_000_000.0, 5)
+    };
+    let mut alone = Sim::new(m.clone(), vec![good.clone()], cfg.clone(), 3);
+    let t_alone = alone.run(Duration::from_secs(600));
+    let stall = PeerSpec {
+        silent: true,
+        ..honest(1e7, 1)
+    };
+    let mut peers = vec![stall; 5];
+    peers.push(good.clone());
+    let mut sim = Sim::new(m.clone(), peers.clone(), cfg.clone(), 3);
+    let t = sim.run(Duration::from_secs(600));
+    assert!(sim.fetch.is_done());
+    assert!(
+        t < t_alone + 0.5,
+        "{t:.3}s with stallers ranked first, {t_alone:.3}s alone"
+    );
+    // Without a measured round trip the wait is the configured second.
+    peers[5].ping = false;
+    let mut blind = Sim::new(m, peers, cfg, 3);
+    let t_blind = blind.run(Duration::from_secs(600));
+    assert!(t_blind > t + 0.3, "{t_blind:.3}s blind vs {t:.3}s");
 }

@@ -278,6 +278,11 @@ impl FetchDriver {
         self.fetch.add_peer(p, now);
     }
 
+    /// A round-trip time measured to a peer.
+    pub fn peer_rtt(&mut self, p: &PeerId, rtt: std::time::Duration) {
+        self.fetch.handle_rtt(p, rtt);
+    }
+
     /// A peer disconnected.
     pub fn remove_peer(&mut self, p: &PeerId, now: Instant) {
         self.fetch.remove_peer(p, now);

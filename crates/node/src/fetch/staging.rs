@@ -14,6 +14,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// redb's page cache for a fetch's staging database (its default is 1 GiB).
+const STAGING_CACHE_BYTES: usize = 64 << 20;
+
 const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
 /// Done chunks whose bytes were not written by this sync but kept in place
 /// from a consumed stale checkpoint or hard-linked from an immutable one.
@@ -72,7 +75,7 @@ impl Staging {
             Ok(())
         };
         let path = dir.join("progress.redb");
-        let db = match statesync_store::db::open_or_create(&path, init) {
+        let db = match statesync_store::db::open_or_create(&path, STAGING_CACHE_BYTES, init) {
             Ok(db) => db,
             Err(e) if start_over_if_unreadable && statesync_store::db::is_unreadable(&path) => {
                 // An unreadable progress database (damaged on disk, or left
@@ -84,7 +87,7 @@ impl Staging {
                     .map_err(|e| format!("remove staging {}: {e}", dir.display()))?;
                 std::fs::create_dir_all(dir.join("state"))
                     .map_err(|e| format!("create staging {}: {e}", dir.display()))?;
-                statesync_store::db::open_or_create(&path, init)?
+                statesync_store::db::open_or_create(&path, STAGING_CACHE_BYTES, init)?
             }
             Err(e) => return Err(e),
         };

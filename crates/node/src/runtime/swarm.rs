@@ -9,7 +9,7 @@ use statesync_net::libp2p::multiaddr::Protocol;
 use statesync_net::libp2p::request_response::{self, ResponseChannel};
 use statesync_net::libp2p::request_response::{InboundFailure, InboundRequestId};
 use statesync_net::libp2p::swarm::SwarmEvent;
-use statesync_net::libp2p::{Multiaddr, PeerId, identify, kad};
+use statesync_net::libp2p::{Multiaddr, PeerId, identify, kad, ping};
 use statesync_net::{BehaviourEvent, Inbound};
 use statesync_proto::blocks::{BlockRequest, BlockResponse};
 use statesync_proto::{Advert, Request, Response};
@@ -153,6 +153,15 @@ impl EventLoop {
                     }
                 }
                 self.peers.discovery_done(n, now);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                for f in self.fetches.values_mut() {
+                    f.peer_rtt(&peer, rtt);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(ev)) => self.on_blocks_event(ev, now),
             SwarmEvent::Behaviour(BehaviourEvent::State(ev)) => self.on_state_event(ev, now),
