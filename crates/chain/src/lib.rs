@@ -24,4 +24,6 @@ pub mod types;
 pub use blockstore::BlockStore;
 pub use replica::{ImportError, Replica};
 pub use state::{LiveState, StateLayout};
-pub use types::{Block, ChainError, FinalityProof, Genesis, Header, Spec, Tx, ValidatorKey};
+pub use types::{
+    Block, ChainError, FinalityProof, Genesis, Header, PROPOSER, Spec, Tx, ValidatorKey,
+};

@@ -107,6 +107,9 @@ pub struct Replica {
     /// open.
     pub checkpoint_every: bool,
     head_hash: Hash,
+    /// A proposal executed into the live state but not final yet (this
+    /// node's own as the proposer, or one it voted for).
+    pending: Option<Block>,
 }
 
 fn anchor_path(data: &Path, h: u64) -> PathBuf {
@@ -165,6 +168,7 @@ impl Replica {
                     keep: 3,
                     keep_blocks: None,
                     checkpoint_every: false,
+                    pending: None,
                 };
                 return Ok((r, rep));
             }
@@ -226,6 +230,7 @@ impl Replica {
             keep: 3,
             keep_blocks: None,
             checkpoint_every: false,
+            pending: None,
         };
         // Replay what the block store holds above the checkpoint.
         rep.replayed = r.replay_stored()?;
@@ -239,10 +244,211 @@ impl Replica {
         &self.data
     }
 
-    /// Executed head: height and block hash (genesis, or no state: 0 and
-    /// the chain id).
+    /// Final head: height and block hash (genesis, or no state: 0 and the
+    /// chain id). A pending proposal executed above it is not counted
+    /// ([`Replica::pending`]).
     pub fn head(&self) -> (u64, Hash) {
+        if let Some(p) = &self.pending {
+            return (p.height() - 1, p.header.parent);
+        }
         (self.live.as_ref().map_or(0, |l| l.height()), self.head_hash)
+    }
+
+    /// The proposal executed above the final head, not final yet.
+    pub fn pending(&self) -> Option<&Block> {
+        self.pending.as_ref()
+    }
+
+    fn proposal_path(&self) -> PathBuf {
+        self.data.join("proposal")
+    }
+
+    fn vote_path(&self) -> PathBuf {
+        self.data.join("vote")
+    }
+
+    /// The proposer's step when validators vote: builds block head+1 (or
+    /// takes the one it proposed before a crash, which validators may have
+    /// voted for), saves it durably, executes it (taking the checkpoint its
+    /// header commits to, not served before the block is final) and signs
+    /// it as [`crate::PROPOSER`]. The block stays pending until
+    /// [`Replica::import`] gets it with a quorum. A pending proposal is
+    /// returned again.
+    pub fn propose(&mut self, key: &ValidatorKey, time_ms: u64) -> Result<Block, ImportError> {
+        if let Some(p) = &self.pending {
+            return Ok(p.clone());
+        }
+        let (head, parent) = self.head();
+        let h = head + 1;
+        let saved = std::fs::read(self.proposal_path())
+            .ok()
+            .and_then(|b| Block::decode(&b).ok())
+            .filter(|b| {
+                b.height() == h && b.header.parent == parent && self.spec.verify_proposal(b).is_ok()
+            });
+        if let Some(b) = saved {
+            self.execute_pending(b.clone())?;
+            return Ok(b);
+        }
+        let txs = self.spec.gen_txs(h);
+        let r = (|| {
+            let unsigned = self
+                .spec
+                .produce(parent, h, txs.clone(), Hash::ZERO, time_ms, &[]);
+            self.live()?.apply(&unsigned).map_err(local("execute"))?;
+            let root = if self.spec.is_checkpoint(h) {
+                let live = self.live()?;
+                live.sync().map_err(local("flush live state"))?;
+                let changes = live.take_changes();
+                let dir = live.dir().to_path_buf();
+                self.create_checkpoint(h, &dir, changes, None)?
+            } else {
+                Hash::ZERO
+            };
+            let b = self.spec.produce(
+                parent,
+                h,
+                txs,
+                root,
+                time_ms,
+                &[(crate::types::PROPOSER, key.clone())],
+            );
+            write_durable(&self.proposal_path(), &b.encode()).map_err(local("save proposal"))?;
+            Ok(b)
+        })();
+        match r {
+            Ok(b) => {
+                self.pending = Some(b.clone());
+                Ok(b)
+            }
+            Err(e) => {
+                self.rebuild()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// A validator's step: checks proposal `b` ([`Spec::verify_proposal`],
+    /// its parent is the final head), executes it (and its checkpoint,
+    /// whose root must match the header), records the vote durably and
+    /// returns validator `me`'s vote. One vote per height, ever: another
+    /// block at a height already voted for is refused (a restart
+    /// included); the same block again gets the same vote.
+    pub fn vote(
+        &mut self,
+        me: u16,
+        key: &ValidatorKey,
+        b: &Block,
+    ) -> Result<[u8; 64], ImportError> {
+        self.spec.verify_proposal(b)?;
+        let _ = me;
+        let hash = b.hash();
+        if let Some(p) = &self.pending {
+            if p.hash() == hash {
+                return Ok(Spec::vote(key, &hash));
+            }
+            if p.height() == b.height() {
+                return Err(ImportError::Local(format!(
+                    "already voted for another block at height {}",
+                    b.height()
+                )));
+            }
+            // A stale proposal (the chain moved on without it).
+            self.drop_pending()?;
+        }
+        let (head, parent) = self.head();
+        if b.height() != head + 1 {
+            return Err(ImportError::Local(format!(
+                "a proposal for height {}, the head is {head}",
+                b.height()
+            )));
+        }
+        if b.header.parent != parent {
+            return Err(ChainError::ParentMismatch { height: b.height() }.into());
+        }
+        if let Ok(v) = std::fs::read(self.vote_path())
+            && v.len() == 40
+        {
+            let mut hh = [0u8; 8];
+            hh.copy_from_slice(&v[..8]);
+            let mut voted = [0u8; 32];
+            voted.copy_from_slice(&v[8..]);
+            if u64::from_le_bytes(hh) == b.height() && voted != hash.0 {
+                return Err(ImportError::Local(format!(
+                    "already voted for another block at height {} (before a restart)",
+                    b.height()
+                )));
+            }
+        }
+        self.execute_pending(b.clone())?;
+        let mut rec = b.height().to_le_bytes().to_vec();
+        rec.extend_from_slice(&hash.0);
+        if let Err(e) = write_durable(&self.vote_path(), &rec) {
+            self.drop_pending()?;
+            return Err(ImportError::Local(format!("record vote: {e}")));
+        }
+        Ok(Spec::vote(key, &hash))
+    }
+
+    /// Executes proposal `b` above the final head into the live state (and
+    /// its checkpoint, checked against the header) and holds it pending.
+    fn execute_pending(&mut self, b: Block) -> Result<(), ImportError> {
+        let h = b.height();
+        let r = (|| {
+            self.live()?.apply(&b).map_err(local("execute"))?;
+            if self.spec.is_checkpoint(h) {
+                let live = self.live()?;
+                live.sync().map_err(local("flush live state"))?;
+                let changes = live.take_changes();
+                let dir = live.dir().to_path_buf();
+                let root = self.create_checkpoint(h, &dir, changes, None)?;
+                if root != b.header.state_root {
+                    let _ = self.store.remove(h);
+                    return Err(ChainError::StateRoot { height: h }.into());
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => {
+                self.pending = Some(b);
+                Ok(())
+            }
+            Err(e) => {
+                self.rebuild()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets the pending proposal: the live state is rebuilt from the
+    /// latest checkpoint and the stored (final) blocks; its unanchored
+    /// checkpoint, if any, is removed.
+    pub fn drop_pending(&mut self) -> Result<(), ImportError> {
+        if self.pending.take().is_some() {
+            self.rebuild()?;
+        }
+        Ok(())
+    }
+
+    /// The pending proposal became final as `fin` (the same header with a
+    /// quorum): stored, its checkpoint anchored.
+    fn finalize_pending(&mut self, fin: &Block) -> Result<(), ImportError> {
+        let h = fin.height();
+        let stored_high = self.blocks.bounds()?.map(|b| b.1).unwrap_or(0);
+        if stored_high < h {
+            self.blocks
+                .append(std::slice::from_ref(fin), &self.spec.id)?;
+        }
+        self.pending = None;
+        self.head_hash = fin.hash();
+        if self.spec.is_checkpoint(h) {
+            write_durable(&anchor_path(&self.data, h), &fin.encode())
+                .map_err(local("write anchor"))?;
+            self.retain()?;
+        }
+        let _ = std::fs::remove_file(self.proposal_path());
+        Ok(())
     }
 
     /// Whether there is a state to execute on.
@@ -311,6 +517,26 @@ impl Replica {
     pub fn import(&mut self, blocks: &[Block]) -> Result<ImportReport, ImportError> {
         for b in blocks {
             self.spec.verify(b)?;
+        }
+        if let Some(p) = self.pending.clone()
+            && let Some(fin) = blocks.iter().find(|b| b.height() == p.height())
+        {
+            if fin.hash() == p.hash() {
+                if fin.header.parent != p.header.parent {
+                    return Err(ChainError::ParentMismatch {
+                        height: fin.height(),
+                    }
+                    .into());
+                }
+                self.finalize_pending(fin)?;
+            } else {
+                // Another block is final at that height.
+                self.drop_pending()?;
+            }
+        }
+        if self.pending.is_some() {
+            // Blocks below the pending one: already final here.
+            return Ok(ImportReport::default());
         }
         let head = self.live()?.height();
         let new: Vec<Block> = blocks

@@ -14,11 +14,19 @@ pub const HEADER_LEN: usize = 1 + 32 + 8 + 32 + 32 + 32 + 8;
 /// up to 63 value bytes).
 pub const MAX_VALUE: usize = 63;
 /// Most transactions in one block.
-pub const MAX_TXS: usize = 16_384;
+pub const MAX_TXS: usize = 131_072;
 /// Most signatures in a finality proof.
 pub const MAX_SIGS: usize = 1024;
 /// Largest encoded block.
-pub const MAX_BLOCK_BYTES: usize = 2 << 20;
+pub const MAX_BLOCK_BYTES: usize = 12 << 20;
+/// Largest `payload_bytes` of a genesis.
+pub const MAX_PAYLOAD_BYTES: u32 = 8 << 20;
+/// The key of payload transactions: beyond every keyspace, so executing
+/// them writes nothing (they stand for a block's opaque bulk).
+pub const PAYLOAD_KEY: u64 = u64::MAX;
+/// The proposer of a chain whose validators vote (each with its own key):
+/// validator 0, fixed (docs/chain.md says why).
+pub const PROPOSER: u16 = 0;
 
 /// Why a block, header, finality proof or genesis is invalid.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +45,13 @@ pub enum ChainError {
     #[error("block {height} belongs to another chain")]
     WrongChain {
         /// Height the block claims.
+        height: u64,
+    },
+    /// Executing a proposal gave another state root than its header
+    /// commits.
+    #[error("block {height}: executing it gives another state root than its header commits")]
+    StateRoot {
+        /// Height of the block.
         height: u64,
     },
     /// The header's txs root does not match the block's transactions.
@@ -123,9 +138,24 @@ pub struct Genesis {
     /// Percent of the keyspace (from its start) that receives 99.9% of the
     /// writes; the rest go anywhere.
     pub hot_percent: u32,
+    /// Bytes of opaque payload per block (at most [`MAX_PAYLOAD_BYTES`]):
+    /// transactions to [`PAYLOAD_KEY`] of 63 bytes each, which execution
+    /// skips; they make blocks of several MB (what IDA gossip is for).
+    /// Omitted from the genesis JSON when zero, so older chain ids stay.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub payload_bytes: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Genesis {
+    /// Payload transactions per block (63 bytes each).
+    pub fn payload_txs(&self) -> usize {
+        (self.payload_bytes as usize).div_ceil(MAX_VALUE)
+    }
+
     /// Demo/test validator key `index` derived from a seed (never for real use).
     pub fn demo_key(seed: u64, index: u32) -> ValidatorKey {
         let mut m = seed.to_le_bytes().to_vec();
@@ -152,6 +182,7 @@ impl Genesis {
             block_ms: 200,
             txs_per_block: 200,
             hot_percent: 5,
+            payload_bytes: 0,
         };
         (g, keys)
     }
@@ -195,6 +226,11 @@ impl Genesis {
         }
         if self.txs_per_block as usize > MAX_TXS || self.hot_percent > 100 {
             return Err(bad("txs per block or hot percent out of range"));
+        }
+        if self.payload_bytes > MAX_PAYLOAD_BYTES
+            || self.txs_per_block as usize + self.payload_txs() > MAX_TXS
+        {
+            return Err(bad("payload bytes out of range (at most 8 MiB per block)"));
         }
         let canonical = serde_json::to_vec(self).map_err(|e| bad(&e.to_string()))?;
         Ok(Spec {
@@ -298,7 +334,8 @@ impl Spec {
     /// The transactions the leader includes at `height`: deterministic
     /// from the chain id and the height (a load generator, not a mempool).
     /// `txs_per_block` writes of 8 to 31 bytes; 99.9 % go to the first
-    /// `hot_percent` of the keyspace, the rest anywhere.
+    /// `hot_percent` of the keyspace, the rest anywhere; then the payload
+    /// ([`Genesis::payload_bytes`]).
     pub fn gen_txs(&self, height: u64) -> Vec<Tx> {
         let g = &self.genesis;
         let slots = g.state_files as u64 * (g.file_size as u64 / 64);
@@ -310,7 +347,7 @@ impl Spec {
             .update(&seed)
             .finalize_xof();
         let mut buf = [0u8; 16];
-        (0..g.txs_per_block)
+        let mut txs: Vec<Tx> = (0..g.txs_per_block)
             .map(|_| {
                 rng.fill(&mut buf);
                 let r = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
@@ -323,7 +360,17 @@ impl Spec {
                 value.resize(len, buf[12]);
                 Tx { key, value }
             })
-            .collect()
+            .collect();
+        // The payload: incompressible bytes that execution skips.
+        txs.extend((0..g.payload_txs()).map(|_| {
+            let mut value = vec![0u8; MAX_VALUE];
+            rng.fill(&mut value);
+            Tx {
+                key: PAYLOAD_KEY,
+                value,
+            }
+        }));
+        txs
     }
 
     /// Produces block `height` on top of `parent` and signs it with `keys`
@@ -366,6 +413,89 @@ impl Spec {
         let pk = key.0.verifying_key();
         self.keys.iter().position(|k| *k == pk).map(|i| i as u16)
     }
+
+    /// Validator `index`'s vote for the header with hash `header_hash`: the
+    /// signature a finality proof holds.
+    pub fn vote(key: &ValidatorKey, header_hash: &Hash) -> [u8; 64] {
+        key.0.sign(&vote_bytes(header_hash)).to_bytes()
+    }
+
+    /// Whether `sig` is validator `index`'s vote for `header_hash`.
+    pub fn check_vote(&self, index: u16, header_hash: &Hash, sig: &[u8; 64]) -> bool {
+        self.keys.get(usize::from(index)).is_some_and(|k| {
+            k.verify(&vote_bytes(header_hash), &Signature::from_bytes(sig))
+                .is_ok()
+        })
+    }
+
+    /// Checks a proposal: everything [`Spec::verify`] checks but the quorum,
+    /// and that its proof holds exactly the proposer's ([`PROPOSER`]) vote.
+    pub fn verify_proposal(&self, b: &Block) -> Result<(), ChainError> {
+        let h = &b.header;
+        let sigs = &b.proof.sigs;
+        if sigs.len() != 1 || sigs[0].0 != PROPOSER {
+            return Err(malformed(
+                "proposal",
+                "its proof must hold the proposer's signature only",
+            ));
+        }
+        if !self.check_vote(PROPOSER, &h.hash(), &sigs[0].1) {
+            return Err(ChainError::BadSignature {
+                height: h.height,
+                index: PROPOSER,
+            });
+        }
+        if h.chain != self.id {
+            return Err(ChainError::WrongChain { height: h.height });
+        }
+        if h.height == 0 {
+            return Err(malformed("block", "height 0 is the genesis, not a block"));
+        }
+        if txs_root(&b.txs) != h.txs_root {
+            return Err(ChainError::TxsRoot { height: h.height });
+        }
+        if (h.state_root != Hash::ZERO) != self.is_checkpoint(h.height) {
+            return Err(ChainError::StrayStateRoot {
+                height: h.height,
+                interval: self.genesis.checkpoint_interval,
+            });
+        }
+        Ok(())
+    }
+
+    /// What validator `index` signs to bind its libp2p peer id
+    /// (`peer_id`, the id's bytes) to its key on this chain.
+    pub fn hello_bytes(&self, index: u16, peer_id: &[u8]) -> Vec<u8> {
+        let mut m = b"statesync chain v1 hello".to_vec();
+        m.extend_from_slice(&self.id.0);
+        m.extend_from_slice(&index.to_le_bytes());
+        m.extend_from_slice(peer_id);
+        m
+    }
+
+    /// Signs a hello ([`Spec::hello_bytes`]).
+    pub fn sign_hello(&self, key: &ValidatorKey, index: u16, peer_id: &[u8]) -> [u8; 64] {
+        key.0.sign(&self.hello_bytes(index, peer_id)).to_bytes()
+    }
+
+    /// Whether `sig` binds `peer_id` to validator `index`.
+    pub fn check_hello(&self, index: u16, peer_id: &[u8], sig: &[u8; 64]) -> bool {
+        self.keys.get(usize::from(index)).is_some_and(|k| {
+            k.verify(
+                &self.hello_bytes(index, peer_id),
+                &Signature::from_bytes(sig),
+            )
+            .is_ok()
+        })
+    }
+
+    /// Whether validator `index`'s key signed `msg` (any domain-separated
+    /// message: the gossip header of a proposal).
+    pub fn check_signed(&self, index: u16, msg: &[u8], sig: &[u8; 64]) -> bool {
+        self.keys
+            .get(usize::from(index))
+            .is_some_and(|k| k.verify(msg, &Signature::from_bytes(sig)).is_ok())
+    }
 }
 
 fn vote_bytes(header_hash: &Hash) -> Vec<u8> {
@@ -389,6 +519,11 @@ impl ValidatorKey {
     /// ([`ValidatorKey::load`]).
     pub fn secret_hex(&self) -> String {
         Hash(self.0.to_bytes()).to_hex()
+    }
+
+    /// Signs `msg` (domain-separated by the caller).
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.0.sign(msg).to_bytes()
     }
 
     /// Reads a key file: the secret key as 64 hex digits (surrounding

@@ -419,3 +419,128 @@ fn block_history_is_pruned_and_the_store_stays_bounded() {
     assert_eq!(r.low(), low);
     assert_eq!(r.head().0, 600);
 }
+
+/// Validators with their own keys: the proposer executes and signs its
+/// proposal, each validator executes it and votes, a quorum of votes makes
+/// it final on every replica, with the same state roots; nobody signs two
+/// blocks at one height, a restart included; a proposer that restarts
+/// proposes the same block again; a wrong state root gets no vote.
+#[test]
+fn proposals_votes_and_finality_with_one_key_per_validator() {
+    let (mut g, keys) = Genesis::demo(4, 7);
+    g.state_files = 8;
+    g.file_size = 64 << 10;
+    g.checkpoint_interval = 3;
+    g.txs_per_block = 50;
+    g.payload_bytes = 10_000;
+    let spec = g.spec().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let (mut p, _) = Replica::open(&d.path().join("p"), spec.clone()).unwrap();
+    let mut vs: Vec<Replica> = (1..4)
+        .map(|i| {
+            Replica::open(&d.path().join(format!("v{i}")), spec.clone())
+                .unwrap()
+                .0
+        })
+        .collect();
+    for round in 0..7u64 {
+        let b = p.propose(&keys[0], 1000 + round).unwrap();
+        assert_eq!(b.height(), round + 1);
+        assert!(b.encode().len() > 10_000, "payload missing");
+        assert_eq!(p.head().0, round, "a pending proposal is not the head");
+        // The same proposal again while pending.
+        assert_eq!(p.propose(&keys[0], 9999).unwrap().hash(), b.hash());
+        let mut sigs = vec![b.proof.sigs[0]];
+        for (i, v) in vs.iter_mut().enumerate().take(2) {
+            let idx = i as u16 + 1;
+            let sig = v.vote(idx, &keys[idx as usize], &b).unwrap();
+            assert!(spec.check_vote(idx, &b.hash(), &sig));
+            sigs.push((idx, sig));
+        }
+        sigs.sort_by_key(|s| s.0);
+        let fin = Block {
+            header: b.header.clone(),
+            proof: statesync_chain::FinalityProof { sigs },
+            txs: b.txs.clone(),
+        };
+        spec.verify(&fin).unwrap();
+        p.import(std::slice::from_ref(&fin)).unwrap();
+        for v in vs.iter_mut() {
+            v.import(std::slice::from_ref(&fin)).unwrap();
+        }
+        assert_eq!(p.head(), (round + 1, fin.hash()));
+        for v in &vs {
+            assert_eq!(v.head(), (round + 1, fin.hash()));
+            assert!(v.pending().is_none());
+        }
+    }
+    // Checkpoints at 3 and 6 on every replica, the same roots.
+    let roots =
+        |r: &Replica| -> Vec<Hash> { r.store.list().unwrap().iter().map(|c| c.root).collect() };
+    for v in &vs {
+        assert_eq!(roots(v), roots(&p));
+    }
+    // One vote per height: a second block at height 8 is refused, before
+    // and after a restart of the validator.
+    let b8 = p.propose(&keys[0], 5000).unwrap();
+    vs[0].vote(1, &keys[1], &b8).unwrap();
+    let mut other = b8.clone();
+    other.header.time_ms += 1;
+    other.proof.sigs = vec![(0, Spec::vote(&keys[0], &other.hash()))];
+    let e = vs[0].vote(1, &keys[1], &other).unwrap_err();
+    assert!(e.to_string().contains("already voted"), "{e}");
+    drop(vs.remove(0));
+    let (mut v1, _) = Replica::open(&d.path().join("v1"), spec.clone()).unwrap();
+    assert_eq!(
+        v1.head().0,
+        7,
+        "the pending block is not final after a restart"
+    );
+    let e = v1.vote(1, &keys[1], &other).unwrap_err();
+    assert!(e.to_string().contains("already voted"), "{e}");
+    assert!(
+        v1.vote(1, &keys[1], &b8).is_ok(),
+        "the same block gets its vote again"
+    );
+    // The proposer restarts: it proposes the very same block 8.
+    drop(p);
+    let (mut p, _) = Replica::open(&d.path().join("p"), spec.clone()).unwrap();
+    assert_eq!(p.head().0, 7);
+    assert_eq!(p.propose(&keys[0], 7777).unwrap().hash(), b8.hash());
+    // A proposal whose committed state root is wrong gets no vote, and the
+    // validator's state is untouched.
+    p.drop_pending().unwrap();
+    assert_eq!(p.head().0, 7);
+    let b8 = p.propose(&keys[0], 1).unwrap();
+    let mut sigs = vec![b8.proof.sigs[0], (1, v1.vote(1, &keys[1], &b8).unwrap())];
+    sigs.push((2, vs[0].vote(2, &keys[2], &b8).unwrap()));
+    let fin8 = Block {
+        header: b8.header.clone(),
+        proof: statesync_chain::FinalityProof { sigs },
+        txs: b8.txs.clone(),
+    };
+    p.import(std::slice::from_ref(&fin8)).unwrap();
+    v1.import(std::slice::from_ref(&fin8)).unwrap();
+    let b9 = p.propose(&keys[0], 2).unwrap();
+    assert_eq!(b9.height(), 9, "a checkpoint height");
+    let mut forged = b9.clone();
+    forged.header.state_root = Hash([7; 32]);
+    forged.proof.sigs = vec![(0, Spec::vote(&keys[0], &forged.hash()))];
+    let e = v1.vote(1, &keys[1], &forged).unwrap_err();
+    assert!(
+        matches!(e, ImportError::Bad(ChainError::StateRoot { .. })),
+        "{e}"
+    );
+    assert_eq!(v1.head().0, 8);
+    assert!(
+        v1.vote(1, &keys[1], &b9).is_ok(),
+        "the honest proposal still gets a vote"
+    );
+    // A proposal not signed by the proposer is refused.
+    let mut unsigned = b9.clone();
+    unsigned.proof.sigs = vec![(1, Spec::vote(&keys[1], &b9.hash()))];
+    assert!(matches!(
+        vs[0].vote(2, &keys[2], &unsigned),
+        Err(ImportError::Bad(_))
+    ));
+}

@@ -235,6 +235,7 @@ fn incident_run(dir: &Path) -> Result<f64> {
         txs_per_block: 200,
         hot_percent: 3,
         seed: 5,
+        payload_kib: 0,
     };
     let genesis = crate::node::write_genesis(&ga)?;
     let k = |i: u32| {

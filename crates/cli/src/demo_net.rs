@@ -137,6 +137,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         txs_per_block: 200,
         hot_percent: 5,
         seed: 1,
+        payload_kib: 0,
     };
     let genesis = crate::node::write_genesis(&g)?;
     say(format!(

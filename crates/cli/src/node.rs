@@ -42,6 +42,10 @@ pub struct GenesisArgs {
     /// Seed of the demo keys and the workload.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Opaque payload per block, KiB (at most 8192): blocks of several MB,
+    /// spread by IDA gossip among validators.
+    #[arg(long, default_value_t = 0)]
+    pub payload_kib: u32,
 }
 
 /// Writes a genesis and its demo keys; returns the genesis path.
@@ -53,6 +57,7 @@ pub fn write_genesis(a: &GenesisArgs) -> Result<PathBuf> {
     g.block_ms = a.block_ms;
     g.txs_per_block = a.txs_per_block;
     g.hot_percent = a.hot_percent;
+    g.payload_bytes = a.payload_kib.saturating_mul(1024);
     g.spec()?;
     std::fs::create_dir_all(&a.out)?;
     let path = a.out.join("genesis.json");
@@ -75,7 +80,9 @@ pub fn write_genesis(a: &GenesisArgs) -> Result<PathBuf> {
 #[derive(Clone, Copy, Debug, clap::ValueEnum, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Produces blocks with its keys (a quorum of them).
+    /// A validator: with one key, a process of the committee (validator 0
+    /// proposes, the others check, execute and vote); with a quorum of
+    /// keys, a leader that signs alone.
     Validator,
     /// Follows the chain.
     Follower,
@@ -105,11 +112,12 @@ pub struct NodeArgs {
     /// The chain's genesis.json.
     #[arg(long)]
     genesis: Option<PathBuf>,
-    /// validator (produces blocks with its keys) or follower [default:
-    /// follower].
+    /// validator (one key: a member of the committee; a quorum of keys: a
+    /// leader signing alone) or follower [default: follower].
     #[arg(long, value_enum)]
     role: Option<Role>,
-    /// Validator key files (a producing node needs a quorum of them).
+    /// Validator key files: one (this validator's), or a quorum of them
+    /// for a leader that signs alone.
     #[arg(long = "validator-key")]
     validator_keys: Vec<PathBuf>,
     /// Checkpoints kept by retention [default: 3].
@@ -160,6 +168,11 @@ pub struct NodeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     serve: ServeOpts,
+    /// Fault injection (tests): as a committee member, relay forged shards.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    #[serde(skip)]
+    forge_gossip: bool,
 }
 
 impl NodeArgs {
@@ -187,6 +200,8 @@ impl NodeArgs {
             catch_up: self.catch_up.or(f.catch_up),
             net: self.net.over(f.net),
             serve: self.serve.over(f.serve),
+            #[cfg(feature = "fault-injection")]
+            forge_gossip: self.forge_gossip,
         }
     }
 
@@ -229,6 +244,10 @@ impl NodeArgs {
             Some(CatchUpArg::Replay) => CatchUp::Replay,
             Some(CatchUpArg::StateSync) => CatchUp::StateSync,
         };
+        #[cfg(feature = "fault-injection")]
+        {
+            s.forge_gossip = self.forge_gossip;
+        }
         Ok(s)
     }
 }

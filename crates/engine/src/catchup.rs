@@ -835,6 +835,12 @@ impl<P: Clone + Ord + Debug> CatchUp<P> {
             return;
         }
         if self.peers.values().all(|s| s.head == 0) {
+            // Peers at genesis like us: we are at the head (a validator of
+            // a chain that has not begun).
+            if self.has_state && self.head == 0 && !self.peers.is_empty() {
+                self.set_phase(Phase::Following { since: now });
+                return;
+            }
             if now.saturating_duration_since(since) > self.cfg.waiting_note_after
                 && !self.noted_no_peers
             {

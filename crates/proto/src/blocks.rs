@@ -1,4 +1,5 @@
-//! `/statesync/blocks/1`: block range sync, status and new-block pushes.
+//! `/statesync/blocks/2`: block range sync, status, new-block pushes, and
+//! the committee's messages (hellos, votes, IDA gossip of proposals).
 //! Blocks travel as opaque encoded bytes (the chain crate decodes and
 //! verifies them); this module bounds their number and size. Byte layout in
 //! docs/protocol.md ("Blocks protocol").
@@ -10,23 +11,29 @@
 use crate::ProtoError;
 
 /// Protocol name of the blocks protocol (one request per stream).
-pub const BLOCKS_PROTOCOL: &str = "/statesync/blocks/1";
-/// Largest encoded blocks request in bytes (4 MiB, room for a pushed
+pub const BLOCKS_PROTOCOL: &str = "/statesync/blocks/2";
+/// Largest encoded blocks request in bytes (13 MiB, room for a pushed
 /// block): the frame limit, checked by the network layer, not by
 /// [`BlockRequest::decode`].
-pub const MAX_BLOCKS_REQUEST_LEN: usize = 4 * 1024 * 1024;
+pub const MAX_BLOCKS_REQUEST_LEN: usize = 13 * 1024 * 1024;
 /// Largest encoded blocks response in bytes (16 MiB): the frame limit,
 /// checked by the network layer, not by [`BlockResponse::decode`].
 pub const MAX_BLOCKS_RESPONSE_LEN: usize = 16 * 1024 * 1024;
 /// Most blocks asked or answered at once.
 pub const MAX_BLOCKS_PER_REQUEST: u32 = 256;
-/// Largest single encoded block on the wire, in bytes (2 MiB).
-pub const MAX_BLOCK_LEN: usize = 2 * 1024 * 1024;
+/// Largest single encoded block on the wire, in bytes (12 MiB).
+pub const MAX_BLOCK_LEN: usize = 12 * 1024 * 1024;
+/// Largest IDA gossip message carried ([`BlockRequest::Gossip`]): a shard of
+/// at most 1 MiB with its signed header and proof.
+pub const MAX_GOSSIP_LEN: usize = (1 << 20) + 1024;
 
 mod tag {
     pub const GET_STATUS: u8 = 0x10;
     pub const GET_BLOCKS: u8 = 0x11;
     pub const NEW_BLOCK: u8 = 0x12;
+    pub const HELLO: u8 = 0x13;
+    pub const VOTE: u8 = 0x14;
+    pub const GOSSIP: u8 = 0x15;
     pub const STATUS: u8 = 0x90;
     pub const BLOCKS: u8 = 0x91;
     pub const ACK: u8 = 0x92;
@@ -53,6 +60,35 @@ pub enum BlockRequest {
         /// The encoded block (docs/chain.md), at most [`MAX_BLOCK_LEN`]
         /// bytes; not decoded here.
         block: Vec<u8>,
+    },
+    /// A validator binds the sender's peer id to its key (`0x13`): `sig` is
+    /// its signature over the chain's hello bytes (docs/chain.md).
+    /// Answered with [`BlockResponse::Ack`].
+    Hello {
+        /// The validator's index.
+        index: u16,
+        /// Its signature.
+        sig: [u8; 64],
+    },
+    /// A validator's vote for a proposal (`0x14`), sent to the proposer:
+    /// the signature a finality proof holds. Answered with
+    /// [`BlockResponse::Ack`].
+    Vote {
+        /// Height of the proposal.
+        height: u64,
+        /// Its header hash.
+        hash: [u8; 32],
+        /// The voter's index.
+        index: u16,
+        /// The vote.
+        sig: [u8; 64],
+    },
+    /// An IDA gossip message (`0x15`; its own layout in docs/protocol.md,
+    /// "Block gossip"), at most [`MAX_GOSSIP_LEN`] bytes, not decoded
+    /// here. Answered with [`BlockResponse::Ack`].
+    Gossip {
+        /// The message.
+        msg: Vec<u8>,
     },
 }
 
@@ -146,6 +182,28 @@ impl BlockRequest {
                 out.extend_from_slice(&(block.len() as u32).to_le_bytes());
                 out.extend_from_slice(block);
             }
+            BlockRequest::Hello { index, sig } => {
+                out.push(tag::HELLO);
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(sig);
+            }
+            BlockRequest::Vote {
+                height,
+                hash,
+                index,
+                sig,
+            } => {
+                out.push(tag::VOTE);
+                out.extend_from_slice(&height.to_le_bytes());
+                out.extend_from_slice(hash);
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(sig);
+            }
+            BlockRequest::Gossip { msg } => {
+                out.push(tag::GOSSIP);
+                out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+                out.extend_from_slice(msg);
+            }
         }
         out
     }
@@ -185,6 +243,42 @@ impl BlockRequest {
                 exact(b, 5 + n)?;
                 Ok(BlockRequest::NewBlock {
                     block: b[5..].to_vec(),
+                })
+            }
+            tag::HELLO => {
+                exact(b, 67)?;
+                let mut sig = [0u8; 64];
+                sig.copy_from_slice(&b[3..67]);
+                Ok(BlockRequest::Hello {
+                    index: u16::from_le_bytes([b[1], b[2]]),
+                    sig,
+                })
+            }
+            tag::VOTE => {
+                exact(b, 107)?;
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&b[9..41]);
+                let mut sig = [0u8; 64];
+                sig.copy_from_slice(&b[43..107]);
+                Ok(BlockRequest::Vote {
+                    height: u64_at(b, 1)?,
+                    hash,
+                    index: u16::from_le_bytes([b[41], b[42]]),
+                    sig,
+                })
+            }
+            tag::GOSSIP => {
+                let n = u32_at(b, 1)? as usize;
+                if n > MAX_GOSSIP_LEN {
+                    return Err(ProtoError::Limit {
+                        what: "gossip message bytes",
+                        count: n,
+                        max: MAX_GOSSIP_LEN,
+                    });
+                }
+                exact(b, 5 + n)?;
+                Ok(BlockRequest::Gossip {
+                    msg: b[5..].to_vec(),
                 })
             }
             other => Err(ProtoError::UnknownTag(other)),

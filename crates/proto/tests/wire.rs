@@ -282,6 +282,19 @@ mod blocks_protocol {
                 BlockRequest::NewBlock {
                     block: vec![1, 2, 3],
                 },
+                BlockRequest::Hello {
+                    index: 3,
+                    sig: [0x5a; 64],
+                },
+                BlockRequest::Vote {
+                    height: 9,
+                    hash: [0x11; 32],
+                    index: 2,
+                    sig: [0x22; 64],
+                },
+                BlockRequest::Gossip {
+                    msg: vec![0x01, 0x02],
+                },
             ],
             vec![
                 BlockResponse::Status(Status {
@@ -324,9 +337,35 @@ mod blocks_protocol {
             .encode(),
             [0x11, 7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0]
         );
+        let v = BlockRequest::Vote {
+            height: 9,
+            hash: [0x11; 32],
+            index: 2,
+            sig: [0x22; 64],
+        }
+        .encode();
+        assert_eq!(v.len(), 107);
+        assert_eq!(&v[..9], &[0x14, 9, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&v[41..43], &[2, 0]);
+        let hello = BlockRequest::Hello {
+            index: 3,
+            sig: [0x5a; 64],
+        }
+        .encode();
+        assert_eq!(&hello[..3], &[0x13, 3, 0]);
+        assert_eq!(
+            BlockRequest::Gossip { msg: vec![9] }.encode(),
+            [0x15, 1, 0, 0, 0, 9]
+        );
+        // A gossip message over the limit is refused before it is copied.
+        let mut big = vec![0x15];
+        big.extend_from_slice(
+            &((statesync_proto::blocks::MAX_GOSSIP_LEN + 1) as u32).to_le_bytes(),
+        );
+        assert!(BlockRequest::decode(&big).is_err());
         assert_eq!(
             h.finalize().to_hex().to_string(),
-            "753df1dda366733f94e7491581240d6521a992778afc5c59f81eca1cdcad78a4"
+            "29a27e137b52b74de2610efe1d64c7f1dab596ae86610135391c3b26547fc5ad"
         );
     }
 

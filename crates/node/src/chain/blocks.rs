@@ -56,12 +56,43 @@ impl ChainNode {
                 }
                 let count = count.min(MAX_BLOCKS_PER_REQUEST);
                 // Charged at an estimate; blocks are small next to chunks.
-                let cost =
-                    u64::from(count) * (u64::from(self.spec.genesis.txs_per_block) * 48 + 400);
+                let g = &self.spec.genesis;
+                let cost = u64::from(count)
+                    * (u64::from(g.txs_per_block) * 48
+                        + u64::from(g.payload_bytes) * 72 / 63
+                        + 400);
                 Answer::Blocks { start, count, cost }
             }
             BlockRequest::NewBlock { block } => {
                 self.on_pushed(peer, &block, now);
+                Answer::Now(BlockResponse::Ack)
+            }
+            BlockRequest::Hello { index, sig } => {
+                if let Some(c) = self.committee.as_mut()
+                    && !c.on_hello(peer, index, &sig)
+                {
+                    warn!(%peer, index, "a hello that does not verify");
+                    self.out.push_back(ChainOut::Penalize(peer));
+                }
+                Answer::Now(BlockResponse::Ack)
+            }
+            BlockRequest::Vote {
+                height,
+                hash,
+                index,
+                sig,
+            } => {
+                if let Some(c) = self.committee.as_mut() {
+                    c.on_vote(height, hash, index, &sig);
+                }
+                self.drain_committee(now);
+                Answer::Now(BlockResponse::Ack)
+            }
+            BlockRequest::Gossip { msg } => {
+                if let Some(c) = self.committee.as_mut() {
+                    c.on_gossip(peer, &msg, now);
+                }
+                self.drain_committee(now);
                 Answer::Now(BlockResponse::Ack)
             }
         }

@@ -20,6 +20,8 @@ pub(crate) enum ImportTag {
     Range(u64),
     /// New blocks at the head.
     Follow,
+    /// This proposer's proposal with its quorum.
+    Finalized,
 }
 
 /// Work for the executor.
@@ -31,6 +33,14 @@ pub(crate) enum ExecCmd {
     },
     Produce {
         time_ms: u64,
+    },
+    /// The proposer's step (committee mode): execute and sign a proposal.
+    Propose {
+        time_ms: u64,
+    },
+    /// A validator's step: execute a gossiped proposal and vote.
+    Vote {
+        block: Box<Block>,
     },
     Backfill {
         batch: u64,
@@ -63,6 +73,11 @@ pub(crate) enum ExecKind {
         last: Option<Block>,
     },
     Produced(Result<Block, String>),
+    Proposed(Result<Block, String>),
+    Voted {
+        block: Box<Block>,
+        result: Result<[u8; 64], ImportError>,
+    },
     Backfilled {
         batch: u64,
         result: Result<(), ImportError>,
@@ -109,6 +124,17 @@ fn run(
             ExecCmd::Produce { time_ms } => {
                 ExecKind::Produced(r.produce(&keys, time_ms).map_err(|e| e.to_string()))
             }
+            ExecCmd::Propose { time_ms } => ExecKind::Proposed(match keys.first() {
+                Some((_, k)) => r.propose(k, time_ms).map_err(|e| e.to_string()),
+                None => Err("no validator key".into()),
+            }),
+            ExecCmd::Vote { block } => {
+                let result = match keys.first() {
+                    Some((i, k)) => r.vote(*i, k, &block),
+                    None => Err(ImportError::Local("no validator key".into())),
+                };
+                ExecKind::Voted { block, result }
+            }
             ExecCmd::Backfill { batch, desc } => ExecKind::Backfilled {
                 batch,
                 result: r.backfill(&desc),
@@ -127,7 +153,15 @@ fn run(
             }
             ExecCmd::InitGenesis => ExecKind::Genesis(r.init_genesis().map_err(|e| e.to_string())),
         };
-        let checkpoint = r.store.latest().ok().flatten().map_or(0, |c| c.height);
+        // The latest checkpoint of a final block (a pending proposal's is
+        // not offered).
+        let head = r.head().0;
+        let checkpoint = r
+            .store
+            .list()
+            .ok()
+            .and_then(|l| l.iter().map(|c| c.height).filter(|h| *h <= head).max())
+            .unwrap_or(0);
         let done = ExecDone {
             kind,
             head: r.head(),

@@ -12,6 +12,7 @@
 //! touches the network: it queues `ChainOut`s that the loop performs.
 
 mod blocks;
+pub(crate) mod committee;
 pub(crate) mod executor;
 mod types;
 
@@ -20,6 +21,8 @@ pub use types::{
 };
 
 pub(crate) use blocks::Answer;
+pub use committee::CommitteeStats;
+use committee::{Committee, CommitteeOut};
 
 use crate::event::{ChainEvent, FetchError, FetchEvent, FetchId};
 use crate::fetch::driver::{FetchDriver, FetchRequest, FetchSummary};
@@ -27,7 +30,7 @@ use crate::runtime::Task;
 use executor::{ExecCmd, ExecDone, ExecKind, ImportTag};
 use statesync_chain::blockstore::BlockStore;
 use statesync_chain::replica::OpenReport;
-use statesync_chain::{Block, ImportError, Replica, Spec};
+use statesync_chain::{Block, ImportError, PROPOSER, Replica, Spec};
 use statesync_engine::catchup::{self, CatchUp, Note, PhaseName};
 use statesync_engine::lookup::{LookupConfig, Lookups};
 use statesync_engine::range::{Processed, RangeSync};
@@ -40,7 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What the event loop must do for the chain node.
 pub(crate) enum ChainOut {
@@ -114,6 +117,13 @@ pub(crate) struct ChainNode {
     block_bytes_per_peer: HashMap<String, u64>,
     state_bytes_per_peer: HashMap<String, u64>,
     out: VecDeque<ChainOut>,
+    /// Committee mode (one key per validator process): this validator's
+    /// part.
+    committee: Option<Committee>,
+    local_peer: PeerId,
+    /// A gossiped proposal above head+1, executed once the head reaches
+    /// its parent (its parent's final block may come after it).
+    proposal_waiting: Option<Box<Block>>,
 }
 
 impl ChainNode {
@@ -121,7 +131,8 @@ impl ChainNode {
     /// produces) and starts the executor.
     pub fn start(
         data: PathBuf,
-        setup: ChainSetup,
+        mut setup: ChainSetup,
+        local_peer: PeerId,
         fetch_ids: Arc<std::sync::atomic::AtomicU64>,
         tx: mpsc::UnboundedSender<Task>,
     ) -> Result<ChainNode, String> {
@@ -155,9 +166,27 @@ impl ChainNode {
             })?;
             keys.push((i, k.clone()));
         }
-        if setup.produce && keys.len() < spec.quorum() {
+        // One key of a chain whose quorum needs more: a validator process
+        // of the committee (validator 0 proposes, the others vote).
+        let committee = if setup.produce && keys.len() == 1 && spec.quorum() > 1 {
+            let (i, k) = keys[0].clone();
+            let mut c = Committee::new(spec.clone(), i, k);
+            #[cfg(feature = "fault-injection")]
+            {
+                c.forge = setup.forge_gossip;
+            }
+            #[cfg(not(feature = "fault-injection"))]
+            {
+                c.forge = false;
+            }
+            setup.produce = i == PROPOSER;
+            Some(c)
+        } else {
+            None
+        };
+        if setup.produce && committee.is_none() && keys.len() < spec.quorum() {
             return Err(format!(
-                "producing blocks needs {} validator keys (the quorum), {} given",
+                "producing blocks needs {} validator keys (the quorum), {} given; with one key, a node is a validator of the committee",
                 spec.quorum(),
                 keys.len()
             ));
@@ -208,9 +237,21 @@ impl ChainNode {
             block_bytes_per_peer: HashMap::new(),
             state_bytes_per_peer: HashMap::new(),
             out: VecDeque::new(),
+            committee,
+            local_peer,
+            proposal_waiting: None,
             setup,
         };
         n.log(format!("started: head {head}, checkpoint {}", n.checkpoint));
+        if let Some(c) = n.committee.as_ref() {
+            let role = if c.is_proposer() {
+                "the proposer"
+            } else {
+                "a voter"
+            };
+            let me = c.me();
+            n.log(format!("validator {me} of the committee, {role}"));
+        }
         Ok(n)
     }
 
@@ -253,10 +294,15 @@ impl ChainNode {
         self.out.push_back(ChainOut::Send { peer, tag, req });
     }
 
-    /// A peer connected: ask for its status.
+    /// A peer connected: ask for its status (and, in the committee, say
+    /// which validator this node is).
     pub fn on_connected(&mut self, peer: PeerId) {
         self.connected.insert(peer);
         self.send(peer, BlockRequest::GetStatus, Req::Status);
+        if let Some(c) = self.committee.as_ref() {
+            let hello = c.hello(&self.local_peer);
+            self.send(peer, hello, Req::Push);
+        }
     }
 
     /// A peer's last connection closed.
@@ -320,6 +366,7 @@ impl ChainNode {
         ChainStats {
             switches: c.switches,
             state_syncs: c.state_syncs,
+            committee: self.committee.as_ref().map(|c| c.stats.clone()),
             ..self.stats.clone()
         }
     }
@@ -357,6 +404,7 @@ impl ChainNode {
             self.forward.as_ref().and_then(|f| f.poll_timeout()),
             self.backward.as_ref().and_then(|b| b.poll_timeout()),
             self.catchup.poll_timeout(),
+            self.committee.as_ref().and_then(|c| c.deadline()),
             self.next_block_at.filter(|_| {
                 self.setup.produce
                     && !self.producing
@@ -371,6 +419,10 @@ impl ChainNode {
 
     /// Timers of the range cores.
     pub fn on_timeout(&mut self, now: Instant) {
+        if let Some(c) = self.committee.as_mut() {
+            c.on_timeout(now);
+        }
+        self.drain_committee(now);
         if let Some(f) = self.forward.as_mut() {
             f.handle_timeout(now);
         }
@@ -490,7 +542,58 @@ impl ChainNode {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let _ = self.exec.send(ExecCmd::Produce { time_ms });
+        let cmd = if self.committee.is_some() {
+            ExecCmd::Propose { time_ms }
+        } else {
+            ExecCmd::Produce { time_ms }
+        };
+        let _ = self.exec.send(cmd);
+    }
+
+    /// Executes (and votes for) the proposal that waits, once this node
+    /// follows at its parent.
+    fn vote_if_ready(&mut self) {
+        let Some(b) = self.proposal_waiting.take() else {
+            return;
+        };
+        if b.height() <= self.head {
+            return;
+        }
+        if self.catchup.phase() == PhaseName::Following
+            && self.has_state
+            && b.height() == self.head + 1
+        {
+            let _ = self.exec.send(ExecCmd::Vote { block: b });
+        } else {
+            self.proposal_waiting = Some(b);
+        }
+    }
+
+    /// Performs what the committee asks.
+    pub(crate) fn drain_committee(&mut self, _now: Instant) {
+        while let Some(o) = self.committee.as_mut().and_then(|c| c.poll()) {
+            match o {
+                CommitteeOut::Send(peer, req) => self.send(peer, req, Req::Push),
+                CommitteeOut::Execute(b) => {
+                    if b.height() > self.head {
+                        self.proposal_waiting = Some(b);
+                    }
+                    self.vote_if_ready();
+                }
+                CommitteeOut::Finalize(b) => {
+                    let _ = self.exec.send(ExecCmd::Import {
+                        tag: ImportTag::Finalized,
+                        blocks: vec![*b],
+                        from: None,
+                    });
+                }
+                CommitteeOut::Misbehaved(peer, reason) => {
+                    self.log(format!("gossip: peer {peer} sent forged data: {reason}"));
+                    self.out.push_back(ChainOut::Penalize(peer));
+                }
+                CommitteeOut::Log(m) => self.log(m),
+            }
+        }
     }
 
     /// Performs what the catch-up machine asks.
@@ -714,6 +817,7 @@ impl ChainNode {
             .handle_local(self.head, self.low, self.has_state);
         if advanced {
             self.lookups.advanced(self.head);
+            self.vote_if_ready();
         }
         match done.kind {
             ExecKind::Imported {
@@ -737,6 +841,36 @@ impl ChainNode {
                     }
                 }
             }
+            ExecKind::Proposed(r) => match r {
+                Ok(b) => {
+                    let h = b.height();
+                    debug!(height = h, "proposal executed, spreading it");
+                    if let Some(c) = self.committee.as_mut() {
+                        c.start_proposal(b, now);
+                    }
+                    self.drain_committee(now);
+                }
+                Err(e) => {
+                    self.producing = false;
+                    self.stats.local_failures += 1;
+                    warn!("proposing a block failed: {e}");
+                }
+            },
+            ExecKind::Voted { block, result } => match result {
+                Ok(sig) => {
+                    if let Some(c) = self.committee.as_mut() {
+                        c.voted(&block, sig, now);
+                    }
+                    self.drain_committee(now);
+                }
+                Err(ImportError::Bad(e)) => {
+                    self.log(format!(
+                        "no vote for proposal {}: {e} (the proposer's fault)",
+                        block.height()
+                    ));
+                }
+                Err(e) => debug!(height = block.height(), "no vote: {e}"),
+            },
             ExecKind::Backfilled { batch, result } => {
                 if let Some(b) = self.backward.as_mut() {
                     let p = processed(result);
@@ -802,6 +936,9 @@ impl ChainNode {
                 self.catchup.handle_replay_batch(count, secs, now);
             }
             (Ok(_), ImportTag::Follow) => {
+                if let Some(c) = self.committee.as_mut() {
+                    c.finalized(self.head);
+                }
                 self.stats.imported_follow += count;
                 self.last_follow = now;
                 self.follow_inflight = false;
@@ -813,6 +950,23 @@ impl ChainNode {
             (Err(e), ImportTag::Follow) => {
                 self.follow_inflight = false;
                 warn!("following: import failed: {e}");
+            }
+            (Ok(_), ImportTag::Finalized) => {
+                self.producing = false;
+                self.stats.produced += 1;
+                if let Some(c) = self.committee.as_mut() {
+                    c.finalized(self.head);
+                }
+                if let Some(b) = last {
+                    self.push_to_all(&b, None);
+                }
+            }
+            (Err(e), ImportTag::Finalized) => {
+                self.stats.local_failures += 1;
+                if let Some(c) = self.committee.as_mut() {
+                    c.finalize_failed();
+                }
+                warn!("finalizing the proposal failed: {e}");
             }
             (Err(_), ImportTag::Range(_)) => {}
         }

@@ -40,6 +40,10 @@ pub struct ChainSetup {
     pub range: range::Config,
     /// Force a catch-up plan instead of deciding by measured rates.
     pub catch_up: Force,
+    /// Fault injection (tests): as a committee member, relay forged
+    /// shards.
+    #[cfg(feature = "fault-injection")]
+    pub forge_gossip: bool,
 }
 
 impl ChainSetup {
@@ -57,6 +61,8 @@ impl ChainSetup {
             switch_after_secs: 2.0,
             range: range::Config::default(),
             catch_up: Force::Auto,
+            #[cfg(feature = "fault-injection")]
+            forge_gossip: false,
         }
     }
 }
@@ -64,7 +70,7 @@ impl ChainSetup {
 /// Counters of the chain node.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ChainStats {
-    /// Blocks produced.
+    /// Blocks produced (as the proposer: made final).
     pub produced: u64,
     /// Blocks imported by range sync.
     pub imported_range: u64,
@@ -86,6 +92,8 @@ pub struct ChainStats {
     pub bad_pushes: u64,
     /// Local failures (imports, syncs, adoption).
     pub local_failures: u64,
+    /// Committee counters (validators with one key each).
+    pub committee: Option<super::CommitteeStats>,
 }
 
 /// The chain node's status (part of [`crate::Status`]).

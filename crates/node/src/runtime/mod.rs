@@ -239,8 +239,14 @@ impl EventLoop {
         let fetch_ids = Arc::new(AtomicU64::new(1));
         let chain = match chain {
             Some(setup) => Some(
-                ChainNode::start(data.clone(), setup, fetch_ids.clone(), tasks_tx.clone())
-                    .map_err(StartError::Chain)?,
+                ChainNode::start(
+                    data.clone(),
+                    setup,
+                    local_id,
+                    fetch_ids.clone(),
+                    tasks_tx.clone(),
+                )
+                .map_err(StartError::Chain)?,
             ),
             None => None,
         };
