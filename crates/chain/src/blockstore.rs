@@ -42,9 +42,10 @@ fn db<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 /// redb's page cache for the block store: the B-tree's interior pages and
-/// the recent blocks that range sync and pushes read (redb's default, 1 GiB,
-/// let a node's memory grow with its block history).
-pub const CACHE_BYTES: usize = 32 << 20;
+/// the recent blocks (the kernel's page cache holds the rest). redb's
+/// default, 1 GiB, let a node's memory grow with its block history: every
+/// appended block stays cached until the ceiling, about 10 KB a block here.
+pub const CACHE_BYTES: usize = 8 << 20;
 
 /// Verified blocks in a redb database: encoded blocks by height, heights by
 /// header hash, and the bounds `low`/`high` of the stored range.

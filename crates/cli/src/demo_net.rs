@@ -153,22 +153,35 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         "--global-rate-mib".to_string(),
         (a.serve_mib * 2).to_string(),
     ];
-    let mut vargs = vec!["--role".to_string(), "validator".to_string()];
-    for i in 0..3 {
-        vargs.push("--validator-key".into());
-        vargs.push(
+    // Four validator processes, each with its own key: validator 0
+    // proposes, the others check, execute and vote (3 votes make a block
+    // final); proposals travel by IDA gossip among them.
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..4 {
+        let mut vargs = vec![
+            "--role".to_string(),
+            "validator".to_string(),
+            "--validator-key".into(),
             gdir.join(format!("validator-{i}.key"))
                 .display()
                 .to_string(),
-        );
+        ];
+        for n in &nodes {
+            vargs.push("--peer".into());
+            vargs.push(n.addr.clone());
+        }
+        vargs.extend(limits.clone());
+        let name = if i == 0 {
+            "validator".to_string()
+        } else {
+            format!("validator-{i}")
+        };
+        nodes.push(start(dir, &genesis, &name, &vargs, el())?);
     }
-    vargs.extend(limits.clone());
-    let v0 = start(dir, &genesis, "validator", &vargs, el())?;
     say(format!(
-        "[{:5.1}s] validator started (leader, signs with 3 of the 4 keys), generating the genesis state",
+        "[{:5.1}s] 4 validator processes started, one key each: validator 0 proposes, the others execute and vote (3 votes make a block final)",
         el()
     ));
-    let mut nodes = vec![v0];
     for i in 0..a.followers {
         let mut args = vec!["--peer".to_string(), nodes[0].addr.clone()];
         args.extend(limits.clone());
@@ -354,7 +367,7 @@ pub fn run(a: NetDemoArgs, dir: &Path, json: bool) -> Result<ExitCode> {
         });
     }
     let setup = format!(
-        "A validator produced a block every {} ms over a {} state (a checkpoint every {} blocks); {} followers joined by state sync. A fresh node joined after {} s and reached the head, then followed it: {:.1} s from its start to done.",
+        "Four validator processes (one key each; validator 0 proposes, the others vote) made a block final every {} ms over a {} state (a checkpoint every {} blocks); {} followers joined by state sync. A fresh node joined after {} s and reached the head, then followed it: {:.1} s from its start to done.",
         a.block_ms,
         ui::bytes(a.state_mib << 20),
         a.checkpoint_interval,
