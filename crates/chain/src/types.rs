@@ -719,6 +719,42 @@ impl Block {
         b
     }
 
+    /// The block without its transactions: `header (145) || u16 signature
+    /// count || (u16 index, 64-byte sig)*`, what a `Final` message carries
+    /// to peers that have the proposal's body from gossip.
+    pub fn encode_head(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEADER_LEN + 2 + self.proof.sigs.len() * 66);
+        b.extend_from_slice(&self.header.encode());
+        b.extend_from_slice(&(self.proof.sigs.len() as u16).to_le_bytes());
+        for (i, s) in &self.proof.sigs {
+            b.extend_from_slice(&i.to_le_bytes());
+            b.extend_from_slice(s);
+        }
+        b
+    }
+
+    /// Decodes [`Block::encode_head`] strictly. The proof is checked by
+    /// [`Spec::verify_proof`], not here.
+    pub fn decode_head(b: &[u8]) -> Result<(Header, FinalityProof), ChainError> {
+        let mut c = Cursor { b, what: "head" };
+        let header = Header::decode(c.take(HEADER_LEN)?)?;
+        let n = c.u16()? as usize;
+        if n > MAX_SIGS {
+            return Err(malformed("head", format!("{n} signatures")));
+        }
+        let mut sigs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = c.u16()?;
+            let mut s = [0u8; 64];
+            s.copy_from_slice(c.take(64)?);
+            sigs.push((i, s));
+        }
+        if !c.b.is_empty() {
+            return Err(malformed("head", format!("{} trailing bytes", c.b.len())));
+        }
+        Ok((header, FinalityProof { sigs }))
+    }
+
     /// Decodes a block strictly ([`ChainError::Malformed`] otherwise): at
     /// most [`MAX_BLOCK_BYTES`], [`MAX_SIGS`] signatures, [`MAX_TXS`]
     /// transactions with values of at most [`MAX_VALUE`] bytes, no trailing

@@ -544,3 +544,36 @@ fn proposals_votes_and_finality_with_one_key_per_validator() {
         Err(ImportError::Bad(_))
     ));
 }
+
+#[test]
+fn a_final_head_carries_the_proof_without_the_transactions() {
+    let (spec, keys) = small(5);
+    let b = spec.produce(spec.id, 1, spec.gen_txs(1), Hash::ZERO, 5, &keys);
+    let head = b.encode_head();
+    assert_eq!(head.len(), HEADER_LEN + 2 + 3 * 66);
+    assert_eq!(
+        &b.encode()[..head.len()],
+        &head[..],
+        "a prefix of the block"
+    );
+    let (h, p) = Block::decode_head(&head).unwrap();
+    assert_eq!(h, b.header);
+    assert_eq!(p, b.proof);
+    spec.verify_proof(&h, &p).unwrap();
+    // Joined with the gossiped body it is the block.
+    let joined = Block {
+        header: h,
+        proof: p,
+        txs: b.txs.clone(),
+    };
+    assert_eq!(joined, b);
+    assert!(Block::decode_head(&head[..head.len() - 1]).is_err());
+    let mut long = head.clone();
+    long.push(0);
+    assert!(Block::decode_head(&long).is_err());
+    let mut forged = head.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (h, p) = Block::decode_head(&forged).unwrap();
+    assert!(spec.verify_proof(&h, &p).is_err());
+}

@@ -114,8 +114,9 @@ impl Net {
 }
 
 /// Seven validators (quorum 5), one of which relays forged shards, and two
-/// followers: 2 MiB proposals reach every honest validator and every block
-/// becomes final with votes of independent keys; the forger is detected;
+/// followers: 2 MiB proposals reach every honest validator and the
+/// followers by gossip, and every block becomes final with votes of
+/// independent keys, announced as final heads; the forger is detected;
 /// with a validator SIGKILLed the chain keeps finalising; restarted, it
 /// catches up and votes again.
 #[test]
@@ -146,14 +147,15 @@ fn seven_validator_processes_finalise_multi_mb_blocks_through_faults() {
         procs.push(Some(p));
         addrs.push(a);
     }
+    // f1 knows every validator (it subscribes to all of them), f2 only the
+    // proposer and validator 1.
     let mut followers = Vec::new();
-    for f in ["f1", "f2"] {
-        let args = vec![
-            "--peer".to_string(),
-            addrs[0].clone(),
-            "--peer".into(),
-            addrs[1].clone(),
-        ];
+    for (f, n) in [("f1", 7), ("f2", 2)] {
+        let mut args = Vec::new();
+        for a in &addrs[..n] {
+            args.push("--peer".to_string());
+            args.push(a.clone());
+        }
         followers.push(net.node(f, &args).0);
     }
     let logs = || net.logs();
@@ -182,6 +184,64 @@ fn seven_validator_processes_finalise_multi_mb_blocks_through_faults() {
             logs()
         );
     }
+    // The followers follow at the head.
+    wait_for("followers at the head", Duration::from_secs(60), || {
+        let h = net.head("v0");
+        ["f1", "f2"].iter().all(|f| net.head(f) + 2 >= h)
+    });
+    let start = net.head("v0");
+    wait_for("5 more blocks", Duration::from_secs(60), || {
+        net.head("v0") >= start + 5
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let h = net.head("v0");
+    for n in ["v0", "v1", "f1", "f2"] {
+        eprintln!(
+            "{n}: head {}, stats {}",
+            net.head(n),
+            net.status(n)["chain"]["stats"]
+        );
+    }
+    let chain_stat = |n: &str, w: &str| net.status(n)["chain"]["stats"][w].as_u64().unwrap_or(0);
+    // Followers receive proposals by gossip like the validators: f1 (a
+    // listener of every validator) decodes them and joins each with its
+    // final head instead of receiving the block whole.
+    assert!(
+        net.committee("f1", "subscribed") >= 6,
+        "f1 subscribed to {} validators\n{}",
+        net.committee("f1", "subscribed"),
+        logs()
+    );
+    for f in ["f1", "f2"] {
+        let follow = chain_stat(f, "imported_follow");
+        assert!(
+            follow >= 4
+                && net.committee(f, "proposals_received") >= h - 4
+                && net.committee(f, "assembled") + 2 >= follow,
+            "{f} did not get the proposals by gossip: {}\n{}",
+            net.status(f),
+            logs()
+        );
+        // Followers tell each other they have the bodies: no whole blocks
+        // between them.
+        assert!(
+            chain_stat(f, "pushed_bytes") <= 2 * (2 << 20) + (1 << 20),
+            "{f} pushed whole blocks: {}",
+            net.status(f)
+        );
+    }
+    // The proposer uploads each block about once, as shards: final blocks
+    // go out as final heads to the members and listeners, whole to nobody.
+    assert!(
+        chain_stat("v0", "finals_sent") >= 6 * (h - 2),
+        "{}",
+        net.status("v0")
+    );
+    assert!(
+        chain_stat("v0", "pushed_bytes") <= 3 * (2 << 20),
+        "the proposer pushed whole blocks: {}",
+        net.status("v0")
+    );
     // The forging relay is detected by honest validators.
     let forged: u64 = [1, 2, 4, 5, 6]
         .iter()

@@ -28,7 +28,14 @@
 //!    and a quarter more), again every [`Config::pull_retry`] with other
 //!    members; a member answers with the shards it holds, or re-encodes a
 //!    block it has delivered.
-//! 6. Bounds: at most [`Config::max_in_flight_per_proposer`] blocks per
+//! 6. **Listeners** (nodes outside the committee that want the blocks,
+//!    such as followers) subscribe to members: a member also sends each
+//!    shard it got first-hand to its listeners (ids `n` and up, at most
+//!    [`Config::max_listeners`]), and answers their pulls. A listener core
+//!    ([`Gossip::listener`]) checks and decodes like a member but never
+//!    relays: a listener subscribed to every member gets every shard once,
+//!    from as many senders, and the proposer sends it nothing.
+//! 7. Bounds: at most [`Config::max_in_flight_per_proposer`] blocks per
 //!    proposer and [`Config::max_pending_bytes`] of shards in all are held;
 //!    shards of a block already delivered or rejected, of a stale height,
 //!    or beyond the bounds are dropped; duplicates are not relayed; an
@@ -76,6 +83,8 @@ pub struct Config {
     pub stale_heights: u64,
     /// Delivered blocks whose shards are kept to answer pulls.
     pub keep_served: usize,
+    /// Listeners a member relays to at most.
+    pub max_listeners: usize,
 }
 
 impl Default for Config {
@@ -90,6 +99,7 @@ impl Default for Config {
             max_block_len: 32 << 20,
             stale_heights: 64,
             keep_served: 8,
+            max_listeners: 64,
         }
     }
 }
@@ -196,6 +206,8 @@ pub struct Gossip<V> {
     /// Encodings of recent delivered blocks, to answer pulls.
     served: VecDeque<(Hash, Arc<Served>)>,
     latest: HashMap<u16, u64>,
+    /// Listeners (ids `n` and up) this member relays to.
+    listeners: Vec<u16>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -233,9 +245,67 @@ impl<V: Verifier> Gossip<V> {
             done_set: HashSet::new(),
             served: VecDeque::new(),
             latest: HashMap::new(),
+            listeners: Vec::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// A listener of a committee of `n`: it receives, checks, decodes and
+    /// delivers blocks like a member, and pulls from the members that sent
+    /// it shards, but it never relays nor proposes. Its id is `u16::MAX`.
+    pub fn listener(n: u16, cfg: Config, verifier: V) -> Gossip<V> {
+        Gossip::new(u16::MAX, n, cfg, verifier)
+    }
+
+    /// Whether this core is a listener.
+    pub fn is_listener(&self) -> bool {
+        self.me >= self.n
+    }
+
+    /// Adds listener `id` (`n` or more): it gets the shards this member
+    /// relays, and its pulls are answered. False when `id` is not a
+    /// listener id, this core is a listener itself, or
+    /// [`Config::max_listeners`] are subscribed already.
+    pub fn add_listener(&mut self, id: u16) -> bool {
+        if id < self.n || self.is_listener() || id == self.me {
+            return false;
+        }
+        if self.listeners.contains(&id) {
+            return true;
+        }
+        if self.listeners.len() >= self.cfg.max_listeners {
+            return false;
+        }
+        self.listeners.push(id);
+        true
+    }
+
+    /// Removes listener `id`.
+    pub fn remove_listener(&mut self, id: u16) {
+        self.listeners.retain(|l| *l != id);
+    }
+
+    /// Listeners subscribed.
+    pub fn listeners(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Whether shards of a block at this height are arriving (its decode
+    /// may be near).
+    pub fn is_receiving(&self, height: u64) -> bool {
+        self.pending
+            .values()
+            .any(|p| p.header.header.height == height)
+    }
+
+    /// The bytes of a recently delivered (or proposed) block with this
+    /// block hash.
+    pub fn delivered(&self, block_hash: &Hash) -> Option<&[u8]> {
+        self.served
+            .iter()
+            .find(|(_, s)| s.header.header.block_hash == *block_hash)
+            .map(|(_, s)| s.block.as_slice())
     }
 
     /// Counters.
@@ -361,8 +431,18 @@ impl<V: Verifier> Gossip<V> {
     }
 
     /// A message from member `from`.
+    /// Members send shards and pulls; listeners (added with
+    /// [`Gossip::add_listener`]) only pulls.
     pub fn handle_message(&mut self, from: u16, msg: &Arc<Message>, now: Instant) {
-        if from >= self.n || from == self.me {
+        if from == self.me {
+            return;
+        }
+        if from >= self.n {
+            if let Message::Pull { block, indices } = msg.as_ref()
+                && self.listeners.contains(&from)
+            {
+                self.answer_pull(from, block, indices);
+            }
             return;
         }
         match msg.as_ref() {
@@ -519,6 +599,12 @@ impl<V: Verifier> Gossip<V> {
             let n = u32::from(self.n.max(1));
             let start = ((n - u32::from(index) % n) % n) as u16;
             self.broadcast(msg, start, &[h.proposer]);
+            for &l in &self.listeners {
+                self.actions.push_back(Action::Send {
+                    to: l,
+                    msg: msg.clone(),
+                });
+            }
         }
         self.try_decode(id);
     }

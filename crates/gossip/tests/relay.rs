@@ -284,3 +284,138 @@ fn an_undecodable_block_is_given_up() {
     assert!(t - t0 >= Config::default().give_up_after);
     assert!(g.poll_timeout().is_none());
 }
+
+/// Runs a committee of `N` (proposer 0) plus one listener (id `N`)
+/// subscribed to `subscribed`, until nothing moves; returns the listener,
+/// the messages each member sent it, and the time reached.
+fn with_listener(subscribed: &[u16]) -> (Gossip<Keyed>, Vec<(u16, Arc<Message>)>, Instant) {
+    let t0 = Instant::now();
+    let mut cores: Vec<Gossip<Keyed>> = (0..N).map(|i| node(i, Config::default())).collect();
+    let mut l = Gossip::listener(N, Config::default(), Keyed);
+    assert!(l.is_listener());
+    for &m in subscribed {
+        assert!(cores[usize::from(m)].add_listener(N));
+    }
+    cores[0]
+        .propose(&block(5000, 7), 1, |h| sign(0, h))
+        .expect("propose");
+    let mut queue: std::collections::VecDeque<(u16, u16, Arc<Message>)> = Default::default();
+    let mut to_listener = Vec::new();
+    let mut t = t0;
+    for _round in 0..20 {
+        for (i, c) in cores.iter_mut().enumerate() {
+            for (to, m) in sends(&drain(c)) {
+                queue.push_back((i as u16, to, m));
+            }
+        }
+        for (to, m) in sends(&drain(&mut l)) {
+            queue.push_back((N, to, m));
+        }
+        if queue.is_empty() {
+            // Nothing in flight: the next timer.
+            let next = cores
+                .iter()
+                .filter_map(|c| c.poll_timeout())
+                .chain(l.poll_timeout())
+                .min();
+            let Some(next) = next else { break };
+            t = next;
+            l.handle_timeout(t);
+            for c in cores.iter_mut() {
+                c.handle_timeout(t);
+            }
+            continue;
+        }
+        while let Some((from, to, m)) = queue.pop_front() {
+            if to == N {
+                to_listener.push((from, m.clone()));
+                l.handle_message(from, &m, t);
+            } else {
+                cores[usize::from(to)].handle_message(from, &m, t);
+            }
+        }
+    }
+    (l, to_listener, t)
+}
+
+#[test]
+fn a_listener_subscribed_to_every_member_gets_each_shard_once_and_relays_nothing() {
+    let all: Vec<u16> = (0..N).collect();
+    let (mut l, got, _) = with_listener(&all);
+    assert_eq!(l.stats().delivered, 1, "the listener decoded the block");
+    assert_eq!(l.stats().pulls, 0, "no pull needed");
+    assert!(drain(&mut l).is_empty());
+    let (k, m) = statesync_gossip::relay::params(usize::from(N));
+    assert_eq!(
+        got.len(),
+        k + m,
+        "every shard once (first-hand relays only)"
+    );
+    assert!(
+        got.iter().all(|(from, _)| *from != 0),
+        "the proposer sends a listener nothing"
+    );
+    let mut idx: Vec<u16> = got
+        .iter()
+        .filter_map(|(_, m)| match m.as_ref() {
+            Message::Shard { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    idx.sort();
+    idx.dedup();
+    assert_eq!(idx.len(), k + m, "distinct shards");
+}
+
+#[test]
+fn a_listener_subscribed_to_few_members_pulls_the_rest_from_them() {
+    let (l, got, _) = with_listener(&[3, 4]);
+    assert_eq!(l.stats().delivered, 1, "decoded after pulling");
+    assert!(l.stats().pulls > 0);
+    assert!(
+        got.iter().all(|(from, _)| *from == 3 || *from == 4),
+        "only its members send to it"
+    );
+}
+
+#[test]
+fn pulls_and_shards_from_strangers_are_ignored_and_listeners_are_bounded() {
+    let t0 = Instant::now();
+    let mut g = node(
+        5,
+        Config {
+            max_listeners: 2,
+            ..Config::default()
+        },
+    );
+    assert!(!g.add_listener(3), "a member id is not a listener id");
+    assert!(g.add_listener(N));
+    assert!(g.add_listener(N + 1));
+    assert!(!g.add_listener(N + 2), "bounded");
+    assert_eq!(g.listeners(), 2);
+    let s = proposal(1, 0);
+    for (_, m) in &s {
+        g.handle_message(1, m, t0);
+    }
+    drain(&mut g);
+    // A stranger (not subscribed) pulls or sends shards: nothing happens.
+    let Message::Shard { header, .. } = s[0].1.as_ref() else {
+        panic!("not a shard")
+    };
+    let pull = Arc::new(Message::Pull {
+        block: header.header.id(),
+        indices: vec![0, 1],
+    });
+    g.handle_message(N + 2, &pull, t0);
+    assert!(drain(&mut g).is_empty());
+    // A subscribed listener's pull is answered.
+    g.handle_message(N + 1, &pull, t0);
+    assert_eq!(sends(&drain(&mut g)).len(), 2);
+    g.remove_listener(N + 1);
+    g.handle_message(N + 1, &pull, t0);
+    assert!(drain(&mut g).is_empty(), "removed: ignored");
+    let mut l = Gossip::listener(N, Config::default(), Keyed);
+    assert!(!l.add_listener(N + 1), "a listener takes no listeners");
+    l.handle_message(N + 1, &s[0].1, t0);
+    assert_eq!(l.stats().shards_ok, 0, "shards only from members");
+}

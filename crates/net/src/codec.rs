@@ -1,5 +1,5 @@
 //! The request/response codecs of `/statesync/state/1` and
-//! `/statesync/blocks/2`: framing of `statesync-proto` messages on libp2p
+//! `/statesync/blocks/3`: framing of `statesync-proto` messages on libp2p
 //! streams, a little-endian u32 length prefix checked against the
 //! direction's limit before anything is read. A `Chunks` response is read
 //! chunk by chunk into aligned buffers ([`ChunkBuf`]).
@@ -73,7 +73,7 @@ impl Messages for StateMessages {
     }
 }
 
-/// The messages of `/statesync/blocks/2`.
+/// The messages of `/statesync/blocks/3`.
 pub struct BlockMessages;
 
 impl Messages for BlockMessages {
@@ -113,7 +113,7 @@ impl<M> Default for FramedCodec<M> {
 /// The codec of `/statesync/state/1`: [`Request`]s and [`Response`]s, the
 /// chunks of a `Chunks` response read straight into [`ChunkBuf`]s.
 pub type StateCodec = FramedCodec<StateMessages>;
-/// The codec of `/statesync/blocks/2`: [`BlockRequest`]s and
+/// The codec of `/statesync/blocks/3`: [`BlockRequest`]s and
 /// [`BlockResponse`]s.
 pub type BlocksCodec = FramedCodec<BlockMessages>;
 

@@ -5,7 +5,7 @@
 //! - Transports: TCP (bulk, the default) secured by libp2p's TLS 1.3 with
 //!   the cheapest cipher of this CPU ([`tls`]) or, for peers without TLS,
 //!   noise; yamux on top. QUIC as well.
-//! - Protocols: `/statesync/state/1` and `/statesync/blocks/2`
+//! - Protocols: `/statesync/state/1` and `/statesync/blocks/3`
 //!   (request/response, one stream per request, framed and bounded by
 //!   `statesync-proto`: [`StateCodec`], [`BlocksCodec`]), identify, ping,
 //!   Kademlia for discovery.
@@ -56,7 +56,7 @@ mod behaviour {
         /// adverts ([`NetConfig::request_timeout`],
         /// [`NetConfig::max_concurrent_streams`]).
         pub state: request_response::Behaviour<StateCodec>,
-        /// `/statesync/blocks/2`: chain statuses, block ranges and new blocks
+        /// `/statesync/blocks/3`: chain statuses, block ranges and new blocks
         /// (30 s timeout, 64 streams per connection).
         pub blocks: request_response::Behaviour<BlocksCodec>,
         /// Identify (`/statesync/id/1`): a peer's listen addresses and

@@ -1,5 +1,6 @@
-//! `/statesync/blocks/2`: block range sync, status, new-block pushes, and
-//! the committee's messages (hellos, votes, IDA gossip of proposals).
+//! `/statesync/blocks/3`: block range sync, status, new-block pushes, and
+//! the committee's messages (hellos, votes, IDA gossip of proposals,
+//! subscriptions of listeners, final heads).
 //! Blocks travel as opaque encoded bytes (the chain crate decodes and
 //! verifies them); this module bounds their number and size. Byte layout in
 //! docs/protocol.md ("Blocks protocol").
@@ -11,7 +12,7 @@
 use crate::ProtoError;
 
 /// Protocol name of the blocks protocol (one request per stream).
-pub const BLOCKS_PROTOCOL: &str = "/statesync/blocks/2";
+pub const BLOCKS_PROTOCOL: &str = "/statesync/blocks/3";
 /// Largest encoded blocks request in bytes (13 MiB, room for a pushed
 /// block): the frame limit, checked by the network layer, not by
 /// [`BlockRequest::decode`].
@@ -26,6 +27,9 @@ pub const MAX_BLOCK_LEN: usize = 12 * 1024 * 1024;
 /// Largest IDA gossip message carried ([`BlockRequest::Gossip`]): a shard of
 /// at most 1 MiB with its signed header and proof.
 pub const MAX_GOSSIP_LEN: usize = (1 << 20) + 1024;
+/// Largest final head ([`BlockRequest::Final`]): a header with up to 1024
+/// signatures (docs/chain.md).
+pub const MAX_FINAL_LEN: usize = 145 + 2 + 1024 * 66;
 
 mod tag {
     pub const GET_STATUS: u8 = 0x10;
@@ -34,6 +38,8 @@ mod tag {
     pub const HELLO: u8 = 0x13;
     pub const VOTE: u8 = 0x14;
     pub const GOSSIP: u8 = 0x15;
+    pub const SUBSCRIBE: u8 = 0x16;
+    pub const FINAL: u8 = 0x17;
     pub const STATUS: u8 = 0x90;
     pub const BLOCKS: u8 = 0x91;
     pub const ACK: u8 = 0x92;
@@ -41,7 +47,7 @@ mod tag {
     pub const NOT_FOUND: u8 = 0xe1;
 }
 
-/// A request of the blocks protocol (tags `0x10`-`0x12` in
+/// A request of the blocks protocol (tags `0x10`-`0x17` in
 /// docs/protocol.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockRequest {
@@ -89,6 +95,20 @@ pub enum BlockRequest {
     Gossip {
         /// The message.
         msg: Vec<u8>,
+    },
+    /// A node outside the committee asks the validator it sends this to
+    /// for the gossip shards it relays (`0x16`): it becomes a listener.
+    /// Answered with [`BlockResponse::Ack`].
+    Subscribe,
+    /// A block became final (`0x17`): its header and finality proof
+    /// without the transactions, for a peer that has (or is decoding) the
+    /// proposal from gossip; the others fetch the block. At most
+    /// [`MAX_FINAL_LEN`] bytes, not decoded here. Answered with
+    /// [`BlockResponse::Ack`].
+    Final {
+        /// `header || u16 count || (u16 index, sig[64]) * count`
+        /// (docs/chain.md).
+        head: Vec<u8>,
     },
 }
 
@@ -204,6 +224,12 @@ impl BlockRequest {
                 out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
                 out.extend_from_slice(msg);
             }
+            BlockRequest::Subscribe => out.push(tag::SUBSCRIBE),
+            BlockRequest::Final { head } => {
+                out.push(tag::FINAL);
+                out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+                out.extend_from_slice(head);
+            }
         }
         out
     }
@@ -279,6 +305,24 @@ impl BlockRequest {
                 exact(b, 5 + n)?;
                 Ok(BlockRequest::Gossip {
                     msg: b[5..].to_vec(),
+                })
+            }
+            tag::SUBSCRIBE => {
+                exact(b, 1)?;
+                Ok(BlockRequest::Subscribe)
+            }
+            tag::FINAL => {
+                let n = u32_at(b, 1)? as usize;
+                if n > MAX_FINAL_LEN {
+                    return Err(ProtoError::Limit {
+                        what: "final head bytes",
+                        count: n,
+                        max: MAX_FINAL_LEN,
+                    });
+                }
+                exact(b, 5 + n)?;
+                Ok(BlockRequest::Final {
+                    head: b[5..].to_vec(),
                 })
             }
             other => Err(ProtoError::UnknownTag(other)),

@@ -295,6 +295,10 @@ mod blocks_protocol {
                 BlockRequest::Gossip {
                     msg: vec![0x01, 0x02],
                 },
+                BlockRequest::Subscribe,
+                BlockRequest::Final {
+                    head: vec![0x33; 7],
+                },
             ],
             vec![
                 BlockResponse::Status(Status {
@@ -357,6 +361,15 @@ mod blocks_protocol {
             BlockRequest::Gossip { msg: vec![9] }.encode(),
             [0x15, 1, 0, 0, 0, 9]
         );
+        assert_eq!(BlockRequest::Subscribe.encode(), [0x16]);
+        assert_eq!(
+            BlockRequest::Final { head: vec![8, 9] }.encode(),
+            [0x17, 2, 0, 0, 0, 8, 9]
+        );
+        let mut big = vec![0x17];
+        big.extend_from_slice(&((MAX_FINAL_LEN + 1) as u32).to_le_bytes());
+        assert!(BlockRequest::decode(&big).is_err());
+        assert!(BlockRequest::decode(&[0x16, 0]).is_err(), "trailing byte");
         // A gossip message over the limit is refused before it is copied.
         let mut big = vec![0x15];
         big.extend_from_slice(
@@ -365,7 +378,7 @@ mod blocks_protocol {
         assert!(BlockRequest::decode(&big).is_err());
         assert_eq!(
             h.finalize().to_hex().to_string(),
-            "29a27e137b52b74de2610efe1d64c7f1dab596ae86610135391c3b26547fc5ad"
+            "613eb81fbbce18d766b8c8f20ac1377196b00cc7835c1287bf08562292f10ff1"
         );
     }
 

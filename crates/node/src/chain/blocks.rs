@@ -95,24 +95,130 @@ impl ChainNode {
                 self.drain_committee(now);
                 Answer::Now(BlockResponse::Ack)
             }
+            BlockRequest::Subscribe => {
+                if let Some(c) = self.committee.as_mut()
+                    && c.on_subscribe(peer)
+                {
+                    debug!(%peer, "a listener subscribed to this validator's gossip");
+                }
+                Answer::Now(BlockResponse::Ack)
+            }
+            BlockRequest::Final { head } => {
+                self.on_final(peer, &head, now);
+                self.drain_committee(now);
+                Answer::Now(BlockResponse::Ack)
+            }
+        }
+    }
+
+    /// A final head (header and proof) from a peer: joined with the body
+    /// gossip brought, or waited for while it is being decoded, or the
+    /// block fetched from that peer.
+    fn on_final(&mut self, peer: PeerId, head: &[u8], now: Instant) {
+        let head = match Block::decode_head(head)
+            .map_err(|e| e.to_string())
+            .and_then(|(header, proof)| {
+                if header.chain != self.spec.id {
+                    return Err("another chain".to_string());
+                }
+                self.spec
+                    .verify_proof(&header, &proof)
+                    .map_err(|e| e.to_string())?;
+                Ok(Block {
+                    header,
+                    proof,
+                    txs: Vec::new(),
+                })
+            }) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.bad_pushes += 1;
+                warn!(%peer, "dropped a bad final head from the peer: {e}");
+                self.out.push_back(ChainOut::Penalize(peer));
+                return;
+            }
+        };
+        let h = head.height();
+        if h <= self.head.max(self.joined) {
+            // Had, or joined and on its way in: one join per height.
+            self.catchup.handle_peer_head(&peer, h);
+            return;
+        }
+        let joined = self.committee.as_ref().and_then(|c| c.assemble(&head));
+        if let Some(b) = joined {
+            if self.on_pushed_block(peer, b, now) {
+                self.joined = h;
+                if let Some(c) = self.committee.as_mut() {
+                    c.stats.assembled += 1;
+                }
+            }
+            return;
+        }
+        self.catchup.handle_peer_head(&peer, h);
+        if self
+            .committee
+            .as_mut()
+            .is_some_and(|c| c.wait_for_body(peer, head, now))
+        {
+            return;
+        }
+        self.fetch_announced(peer, h, now);
+    }
+
+    /// `peer` has the final block `height` and this node does not have its
+    /// body: fetch it (and what is missing below it) from that peer.
+    pub(super) fn fetch_announced(&mut self, peer: PeerId, height: u64, now: Instant) {
+        self.catchup.handle_peer_head(&peer, height);
+        match self.catchup.phase() {
+            statesync_engine::catchup::PhaseName::Following
+                if self.has_state && height > self.head =>
+            {
+                if let Admit::Fetch { start, end } = self.lookups.admit(self.head, height + 1, now)
+                {
+                    self.stats.lookups += 1;
+                    let count = (end - start + 1).min(u64::from(MAX_BLOCKS_PER_REQUEST)) as u32;
+                    self.send(
+                        peer,
+                        BlockRequest::GetBlocks { start, count },
+                        Req::Lookup { pushed: None },
+                    );
+                }
+            }
+            statesync_engine::catchup::PhaseName::Replay => {
+                if let (Some(f), Some((_, s))) = (
+                    self.forward.as_mut(),
+                    self.catchup.peers().find(|(p, _)| **p == peer),
+                ) {
+                    f.update_peer(peer, s.low.max(1), s.head, now);
+                }
+            }
+            _ => {}
         }
     }
 
     /// A block pushed by a peer (a new head).
     fn on_pushed(&mut self, peer: PeerId, block: &[u8], now: Instant) {
-        let b = match Block::decode(block)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                self.spec.verify(&b).map_err(|e| e.to_string())?;
-                Ok(b)
-            }) {
-            Ok(b) => b,
+        match Block::decode(block) {
+            Ok(b) => {
+                self.on_pushed_block(peer, b, now);
+            }
             Err(e) => {
                 self.stats.bad_pushes += 1;
                 warn!(%peer, "dropped a bad block pushed by the peer: {e}");
-                return;
             }
-        };
+        }
+    }
+
+    /// A whole final block from a peer (pushed, or joined from its final
+    /// head and a gossiped body): verified, then imported at the head or
+    /// its missing parents looked up.
+    /// True when it was taken up (an import or a lookup started).
+    pub(super) fn on_pushed_block(&mut self, peer: PeerId, b: Block, now: Instant) -> bool {
+        if let Err(e) = self.spec.verify(&b) {
+            self.stats.bad_pushes += 1;
+            warn!(%peer, "dropped a bad block pushed by the peer: {e}");
+            return false;
+        }
         let h = b.height();
         self.catchup.handle_peer_head(&peer, h);
         match self.catchup.phase() {
@@ -125,6 +231,7 @@ impl ChainNode {
                             blocks: vec![b],
                             from: Some(peer),
                         });
+                        return true;
                     }
                 } else if h > self.head + 1 {
                     match self.lookups.admit(self.head, h, now) {
@@ -139,6 +246,7 @@ impl ChainNode {
                                     pushed: Some(Box::new(b)),
                                 },
                             );
+                            return true;
                         }
                         Admit::TooDeep | Admit::Pending | Admit::Full => {}
                     }
@@ -154,6 +262,7 @@ impl ChainNode {
             }
             _ => {}
         }
+        false
     }
 
     /// The answer to the request tagged `tag`.

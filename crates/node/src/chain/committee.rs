@@ -3,8 +3,15 @@
 //! it executes its proposal, signs it and spreads it with IDA gossip
 //! (`statesync-gossip`, carried in `BlockRequest::Gossip`); every validator
 //! that decodes it checks and executes it and sends its vote to the
-//! proposer; a quorum of votes is the finality proof of the block, which
-//! then travels like every final block (pushed, range-synced).
+//! proposer; a quorum of votes is the finality proof of the block.
+//!
+//! Nodes outside the committee (followers) are **listeners**: when a
+//! validator's hello reaches one, it subscribes, and that validator relays
+//! the shards it gets first-hand to it too; the follower decodes the
+//! proposal like a member. Once final, the block travels as a small `Final`
+//! message (header and finality proof) to peers that have the body from
+//! gossip, joined there with the decoded body; other peers get the block
+//! whole (pushed) or fetch it.
 //!
 //! This module holds the committee's state and the IDA core; the chain node
 //! does the rest (executor commands, pushes). Nothing here performs I/O:
@@ -15,7 +22,7 @@ use statesync_gossip::{Action as GossipAction, Config as GossipConfig, Gossip, M
 use statesync_manifest::hash::Hash;
 use statesync_net::libp2p::PeerId;
 use statesync_proto::blocks::BlockRequest;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +31,13 @@ const RESEND_PROPOSAL: Duration = Duration::from_secs(2);
 /// How often a validator sends its vote again while the block it voted for
 /// is not final (the proposer may have restarted and lost it).
 const RESEND_VOTE: Duration = Duration::from_secs(1);
+/// How long a final head waits for its body from gossip (a decode under
+/// way, pulls included) before the block is fetched whole instead.
+const FINAL_WAITS: Duration = Duration::from_millis(1500);
+/// Final heads waiting for their body at most.
+const MAX_WAITING_FINALS: usize = 16;
+/// Decoded bodies remembered (chain hash -> gossip block hash).
+const MAX_BODIES: usize = 16;
 
 /// What validators sign when they gossip a proposal: the gossip header,
 /// bound to this chain.
@@ -74,6 +88,12 @@ pub(crate) enum CommitteeOut {
     Execute(Box<Block>),
     /// The proposal has its quorum: import it as final.
     Finalize(Box<Block>),
+    /// A final head that waited met its body: the whole final block, from
+    /// that peer's announcement.
+    Assembled(PeerId, Box<Block>),
+    /// A final head waited for its body in vain: fetch the block from that
+    /// peer (it imported it).
+    FetchFrom(PeerId, u64),
     /// A member sent forged gossip (bad signature or proof).
     Misbehaved(PeerId, String),
     /// A line for the log.
@@ -95,16 +115,47 @@ pub struct CommitteeStats {
     pub gossip_forged: u64,
     /// Proposals found inconsistently encoded (evidence).
     pub evidence: u64,
+    /// Listeners subscribed to this validator.
+    pub listeners: u64,
+    /// Validators this listener subscribed to.
+    pub subscribed: u64,
+    /// Final blocks joined from a final head and a gossiped body.
+    pub assembled: u64,
+    /// Final heads whose body did not come by gossip in time (fetched).
+    pub bodies_missed: u64,
 }
 
-/// This node's part in the committee.
+/// A final head waiting for its body.
+struct WaitingFinal {
+    peer: PeerId,
+    head: Block,
+    since: Instant,
+}
+
+/// This node's part in the committee: a validator (member) or a listener.
 pub(crate) struct Committee {
     spec: Spec,
     me: u16,
-    key: ValidatorKey,
+    /// `None` for a listener.
+    key: Option<ValidatorKey>,
     gossip: Gossip<Keys>,
     peer_of: HashMap<u16, PeerId>,
     index_of: HashMap<PeerId, u16>,
+    /// Listeners of this member: peer -> gossip id (`n` and up), and back.
+    listener_id: HashMap<PeerId, u16>,
+    listener_peer: HashMap<u16, PeerId>,
+    /// Connected peers.
+    connected: HashSet<PeerId>,
+    /// Peers this node subscribed to (sent `Subscribe`).
+    told: HashSet<PeerId>,
+    /// Peers outside the committee that subscribed to this listener: they
+    /// decode proposals from gossip too, so final heads suffice for them.
+    heads_only: HashSet<PeerId>,
+    /// Whether this listener has decoded a proposal from gossip.
+    gets_gossip: bool,
+    /// Decoded (or proposed) bodies: chain header hash -> gossip block hash.
+    bodies: VecDeque<(Hash, Hash)>,
+    waiting: Vec<WaitingFinal>,
     proposal: Option<Proposal>,
     my_vote: Option<MyVote>,
     out: VecDeque<CommitteeOut>,
@@ -117,13 +168,33 @@ impl Committee {
     /// Validator `me` (its key) of `spec`'s committee.
     pub fn new(spec: Spec, me: u16, key: ValidatorKey) -> Committee {
         let n = spec.keys.len() as u16;
+        let gossip = Gossip::new(me, n, GossipConfig::default(), Keys(spec.clone()));
+        Committee::with(spec, me, Some(key), gossip)
+    }
+
+    /// A listener of `spec`'s committee (a node with no validator key).
+    pub fn listener(spec: Spec) -> Committee {
+        let n = spec.keys.len() as u16;
+        let gossip = Gossip::listener(n, GossipConfig::default(), Keys(spec.clone()));
+        Committee::with(spec, u16::MAX, None, gossip)
+    }
+
+    fn with(spec: Spec, me: u16, key: Option<ValidatorKey>, gossip: Gossip<Keys>) -> Committee {
         Committee {
-            gossip: Gossip::new(me, n, GossipConfig::default(), Keys(spec.clone())),
+            gossip,
             spec,
             me,
             key,
             peer_of: HashMap::new(),
             index_of: HashMap::new(),
+            listener_id: HashMap::new(),
+            listener_peer: HashMap::new(),
+            connected: HashSet::new(),
+            told: HashSet::new(),
+            heads_only: HashSet::new(),
+            gets_gossip: false,
+            bodies: VecDeque::new(),
+            waiting: Vec::new(),
             proposal: None,
             my_vote: None,
             out: VecDeque::new(),
@@ -134,7 +205,12 @@ impl Committee {
 
     /// Whether this node proposes.
     pub fn is_proposer(&self) -> bool {
-        self.me == PROPOSER
+        self.key.is_some() && self.me == PROPOSER
+    }
+
+    /// Whether this node is a validator (not a listener).
+    pub fn is_member(&self) -> bool {
+        self.key.is_some()
     }
 
     /// This validator's index.
@@ -147,12 +223,14 @@ impl Committee {
         self.out.pop_front()
     }
 
-    /// The hello this node sends to a peer that connected.
-    pub fn hello(&self, local: &PeerId) -> BlockRequest {
-        BlockRequest::Hello {
+    /// The hello a validator sends to a peer that connected (none from a
+    /// listener).
+    pub fn hello(&self, local: &PeerId) -> Option<BlockRequest> {
+        let key = self.key.as_ref()?;
+        Some(BlockRequest::Hello {
             index: self.me,
-            sig: self.spec.sign_hello(&self.key, self.me, &local.to_bytes()),
-        }
+            sig: self.spec.sign_hello(key, self.me, &local.to_bytes()),
+        })
     }
 
     /// A peer says it is validator `index`. False if the signature does not
@@ -167,6 +245,12 @@ impl Committee {
             self.index_of.remove(&old);
         }
         self.index_of.insert(peer, index);
+        if !self.is_member() {
+            // A listener asks every validator it meets for its shards.
+            self.stats.subscribed = self.peer_of.len() as u64;
+            self.subscribe(peer);
+            return true;
+        }
         // A proposer that came back may have lost the vote.
         if index == PROPOSER
             && let Some(v) = self.my_vote.as_mut()
@@ -174,6 +258,133 @@ impl Committee {
             v.sent = Instant::now() - RESEND_VOTE;
         }
         true
+    }
+
+    fn subscribe(&mut self, peer: PeerId) {
+        self.told.insert(peer);
+        self.out
+            .push_back(CommitteeOut::Send(peer, BlockRequest::Subscribe));
+    }
+
+    /// A peer connected. A listener that gets proposals by gossip tells it
+    /// so (a `Subscribe`): final heads suffice for it.
+    pub fn on_connected(&mut self, peer: PeerId) {
+        self.connected.insert(peer);
+        if self.gets_gossip && !self.is_member() && !self.told.contains(&peer) {
+            self.subscribe(peer);
+        }
+    }
+
+    /// A peer subscribes. To a validator: it gets this validator's shards.
+    /// To a listener: it decodes proposals from gossip too, so it is sent
+    /// final heads. False when refused: the peer is a member, or the
+    /// listeners are at their bound (it gets whole blocks then).
+    pub fn on_subscribe(&mut self, peer: PeerId) -> bool {
+        if self.index_of.contains_key(&peer) {
+            return false;
+        }
+        if !self.is_member() {
+            if self.heads_only.len() >= 1024 {
+                return false;
+            }
+            self.heads_only.insert(peer);
+            return true;
+        }
+        if self.listener_id.contains_key(&peer) {
+            return true;
+        }
+        let n = self.spec.keys.len() as u16;
+        let Some(id) = (n..u16::MAX).find(|i| !self.listener_peer.contains_key(i)) else {
+            return false;
+        };
+        if !self.gossip.add_listener(id) {
+            return false;
+        }
+        self.listener_id.insert(peer, id);
+        self.listener_peer.insert(id, peer);
+        self.stats.listeners = self.listener_id.len() as u64;
+        true
+    }
+
+    /// A peer's last connection closed: it is neither member nor listener
+    /// until it says hello or subscribes again.
+    pub fn on_disconnected(&mut self, peer: &PeerId) {
+        if let Some(id) = self.listener_id.remove(peer) {
+            self.listener_peer.remove(&id);
+            self.gossip.remove_listener(id);
+            self.stats.listeners = self.listener_id.len() as u64;
+        }
+        if let Some(i) = self.index_of.remove(peer) {
+            self.peer_of.remove(&i);
+        }
+        self.connected.remove(peer);
+        self.told.remove(peer);
+        self.heads_only.remove(peer);
+        self.waiting.retain(|w| w.peer != *peer);
+    }
+
+    /// Whether `peer` gets this node's gossip or decodes proposals itself
+    /// (a member, or a listener of this node): it is sent final heads, not
+    /// whole blocks.
+    pub fn has_gossip(&self, peer: &PeerId) -> bool {
+        self.index_of.contains_key(peer)
+            || self.listener_id.contains_key(peer)
+            || self.heads_only.contains(peer)
+    }
+
+    fn remember_body(&mut self, chain_hash: Hash, block_hash: Hash) {
+        self.bodies.push_back((chain_hash, block_hash));
+        while self.bodies.len() > MAX_BODIES {
+            self.bodies.pop_front();
+        }
+    }
+
+    /// The final block of a final head, if this node has its body (decoded
+    /// from gossip, or its own proposal).
+    pub fn assemble(&self, head: &Block) -> Option<Block> {
+        let hash = head.hash();
+        let (_, bh) = self.bodies.iter().rev().find(|(h, _)| *h == hash)?;
+        let body = Block::decode(self.gossip.delivered(bh)?).ok()?;
+        (body.hash() == hash).then(|| Block {
+            header: head.header.clone(),
+            proof: head.proof.clone(),
+            txs: body.txs,
+        })
+    }
+
+    /// A verified final head from `peer` whose body is not here: true if it
+    /// waits for the body (a decode of that height is under way), false if
+    /// the block should be fetched now.
+    pub fn wait_for_body(&mut self, peer: PeerId, head: Block, now: Instant) -> bool {
+        if !self.gossip.is_receiving(head.height()) {
+            return false;
+        }
+        if self.waiting.iter().any(|w| w.head.hash() == head.hash()) {
+            return true;
+        }
+        if self.waiting.len() >= MAX_WAITING_FINALS {
+            return false;
+        }
+        self.waiting.push(WaitingFinal {
+            peer,
+            head,
+            since: now,
+        });
+        true
+    }
+
+    fn body_arrived(&mut self) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if let Some(b) = self.assemble(&self.waiting[i].head) {
+                let w = self.waiting.swap_remove(i);
+                self.stats.assembled += 1;
+                self.out
+                    .push_back(CommitteeOut::Assembled(w.peer, Box::new(b)));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// The proposer's own proposal, executed and signed: spread it.
@@ -199,12 +410,19 @@ impl Committee {
         p.sent = now;
         let bytes = p.block.encode();
         let height = p.block.height();
-        let (spec, key) = (&self.spec, &self.key);
+        let chain_hash = p.block.hash();
+        let (spec, Some(key)) = (&self.spec, self.key.as_ref()) else {
+            return;
+        };
         let r = self.gossip.propose(&bytes, height, |h| {
             key.sign(&gossip_sign_bytes(&spec.id, h))
         });
         match r {
-            Ok(_) => self.stats.proposals += 1,
+            Ok(_) => {
+                self.stats.proposals += 1;
+                let bh = Hash(*blake3::hash(&bytes).as_bytes());
+                self.remember_body(chain_hash, bh);
+            }
             Err(e) => self.out.push_back(CommitteeOut::Log(format!(
                 "cannot encode proposal {height}: {e}"
             ))),
@@ -306,8 +524,12 @@ impl Committee {
 
     /// A gossip message from `peer`.
     pub fn on_gossip(&mut self, peer: PeerId, msg: &[u8], now: Instant) {
-        let Some(&from) = self.index_of.get(&peer) else {
-            // Not a member we know (no hello yet): ignored.
+        let Some(&from) = self
+            .index_of
+            .get(&peer)
+            .or_else(|| self.listener_id.get(&peer))
+        else {
+            // Not a member we know (no hello yet) nor a listener: ignored.
             return;
         };
         let m = match Message::decode(msg) {
@@ -329,7 +551,12 @@ impl Committee {
         while let Some(a) = self.gossip.poll_action() {
             match a {
                 GossipAction::Send { to, msg } => {
-                    if let Some(peer) = self.peer_of.get(&to).copied() {
+                    let peer = self
+                        .peer_of
+                        .get(&to)
+                        .or_else(|| self.listener_peer.get(&to))
+                        .copied();
+                    if let Some(peer) = peer {
                         let bytes = if self.forge {
                             forged(&msg)
                         } else {
@@ -341,10 +568,27 @@ impl Committee {
                         ));
                     }
                 }
-                GossipAction::Deliver { block, .. } => match Block::decode(&block) {
+                GossipAction::Deliver { block, header, .. } => match Block::decode(&block) {
                     Ok(b) => {
                         self.stats.proposals_received += 1;
-                        self.out.push_back(CommitteeOut::Execute(Box::new(b)));
+                        self.remember_body(b.hash(), header.block_hash);
+                        self.body_arrived();
+                        if !self.is_member() && !self.gets_gossip {
+                            // Now other followers may send final heads.
+                            self.gets_gossip = true;
+                            let peers: Vec<PeerId> = self
+                                .connected
+                                .iter()
+                                .filter(|p| !self.told.contains(p))
+                                .copied()
+                                .collect();
+                            for p in peers {
+                                self.subscribe(p);
+                            }
+                        }
+                        if self.is_member() {
+                            self.out.push_back(CommitteeOut::Execute(Box::new(b)));
+                        }
                     }
                     Err(e) => self.out.push_back(CommitteeOut::Log(format!(
                         "a gossiped proposal does not decode as a block: {e}"
@@ -376,6 +620,7 @@ impl Committee {
                 .filter(|p| !p.finalizing)
                 .map(|p| p.sent + RESEND_PROPOSAL),
             self.my_vote.as_ref().map(|v| v.sent + RESEND_VOTE),
+            self.waiting.iter().map(|w| w.since + FINAL_WAITS).min(),
         ]
         .into_iter()
         .flatten()
@@ -411,6 +656,17 @@ impl Committee {
         {
             v.sent = now;
             self.send_vote();
+        }
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if now >= self.waiting[i].since + FINAL_WAITS {
+                let w = self.waiting.swap_remove(i);
+                self.stats.bodies_missed += 1;
+                self.out
+                    .push_back(CommitteeOut::FetchFrom(w.peer, w.head.height()));
+            } else {
+                i += 1;
+            }
         }
     }
 }

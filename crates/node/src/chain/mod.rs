@@ -120,6 +120,10 @@ pub(crate) struct ChainNode {
     /// Committee mode (one key per validator process): this validator's
     /// part.
     committee: Option<Committee>,
+    /// Highest block joined from a final head and a gossiped body and
+    /// handed on (imported or looked up): later heads of it are not joined
+    /// again.
+    joined: u64,
     local_peer: PeerId,
     /// A gossiped proposal above head+1, executed once the head reaches
     /// its parent (its parent's final block may come after it).
@@ -181,10 +185,17 @@ impl ChainNode {
             }
             setup.produce = i == PROPOSER;
             Some(c)
+        } else if keys.is_empty() && spec.quorum() > 1 {
+            // No key: a listener of the committee's gossip, should its
+            // validators run one key each.
+            Some(Committee::listener(spec.clone()))
         } else {
             None
         };
-        if setup.produce && committee.is_none() && keys.len() < spec.quorum() {
+        if setup.produce
+            && !committee.as_ref().is_some_and(|c| c.is_member())
+            && keys.len() < spec.quorum()
+        {
             return Err(format!(
                 "producing blocks needs {} validator keys (the quorum), {} given; with one key, a node is a validator of the committee",
                 spec.quorum(),
@@ -238,12 +249,13 @@ impl ChainNode {
             state_bytes_per_peer: HashMap::new(),
             out: VecDeque::new(),
             committee,
+            joined: 0,
             local_peer,
             proposal_waiting: None,
             setup,
         };
         n.log(format!("started: head {head}, checkpoint {}", n.checkpoint));
-        if let Some(c) = n.committee.as_ref() {
+        if let Some(c) = n.committee.as_ref().filter(|c| c.is_member()) {
             let role = if c.is_proposer() {
                 "the proposer"
             } else {
@@ -299,15 +311,25 @@ impl ChainNode {
     pub fn on_connected(&mut self, peer: PeerId) {
         self.connected.insert(peer);
         self.send(peer, BlockRequest::GetStatus, Req::Status);
-        if let Some(c) = self.committee.as_ref() {
-            let hello = c.hello(&self.local_peer);
+        if let Some(hello) = self
+            .committee
+            .as_ref()
+            .and_then(|c| c.hello(&self.local_peer))
+        {
             self.send(peer, hello, Req::Push);
         }
+        if let Some(c) = self.committee.as_mut() {
+            c.on_connected(peer);
+        }
+        self.drain_committee(Instant::now());
     }
 
     /// A peer's last connection closed.
     pub fn on_disconnected(&mut self, peer: PeerId, now: Instant) {
         self.connected.remove(&peer);
+        if let Some(c) = self.committee.as_mut() {
+            c.on_disconnected(&peer);
+        }
         self.catchup.handle_peer_gone(&peer);
         if let Some(f) = self.forward.as_mut() {
             f.remove_peer(&peer, now);
@@ -542,7 +564,7 @@ impl ChainNode {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let cmd = if self.committee.is_some() {
+        let cmd = if self.committee.as_ref().is_some_and(|c| c.is_member()) {
             ExecCmd::Propose { time_ms }
         } else {
             ExecCmd::Produce { time_ms }
@@ -570,7 +592,7 @@ impl ChainNode {
     }
 
     /// Performs what the committee asks.
-    pub(crate) fn drain_committee(&mut self, _now: Instant) {
+    pub(crate) fn drain_committee(&mut self, now: Instant) {
         while let Some(o) = self.committee.as_mut().and_then(|c| c.poll()) {
             match o {
                 CommitteeOut::Send(peer, req) => self.send(peer, req, Req::Push),
@@ -587,6 +609,13 @@ impl ChainNode {
                         from: None,
                     });
                 }
+                CommitteeOut::Assembled(peer, b) => {
+                    let h = b.height();
+                    if h > self.head.max(self.joined) && self.on_pushed_block(peer, *b, now) {
+                        self.joined = h;
+                    }
+                }
+                CommitteeOut::FetchFrom(peer, height) => self.fetch_announced(peer, height, now),
                 CommitteeOut::Misbehaved(peer, reason) => {
                     self.log(format!("gossip: peer {peer} sent forged data: {reason}"));
                     self.out.push_back(ChainOut::Penalize(peer));
@@ -981,11 +1010,35 @@ impl ChainNode {
         }
     }
 
+    /// Announces a final block to every peer but `except`: its final head
+    /// (header and proof) to peers that have the body from gossip (members
+    /// of the committee, this validator's listeners), the whole block to
+    /// the others.
     fn push_to_all(&mut self, b: &Block, except: Option<PeerId>) {
-        let enc = b.encode();
+        let mut enc = None;
+        let mut head = None;
+        let h = b.height();
+        // Peers that told us of this height (a push, a final head or a
+        // status) have it already.
+        let known: HashSet<PeerId> = self
+            .catchup
+            .peers()
+            .filter(|(_, v)| v.head >= h)
+            .map(|(p, _)| *p)
+            .collect();
         for p in self.connected.clone() {
-            if Some(p) != except {
-                self.send(p, BlockRequest::NewBlock { block: enc.clone() }, Req::Push);
+            if Some(p) == except || known.contains(&p) {
+                continue;
+            }
+            if self.committee.as_ref().is_some_and(|c| c.has_gossip(&p)) {
+                let head = head.get_or_insert_with(|| b.encode_head()).clone();
+                self.stats.finals_sent += 1;
+                self.send(p, BlockRequest::Final { head }, Req::Push);
+            } else {
+                let block = enc.get_or_insert_with(|| b.encode()).clone();
+                self.stats.blocks_pushed += 1;
+                self.stats.pushed_bytes += block.len() as u64;
+                self.send(p, BlockRequest::NewBlock { block }, Req::Push);
             }
         }
     }

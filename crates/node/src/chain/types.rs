@@ -88,8 +88,15 @@ pub struct ChainStats {
     pub state_bytes_reused: u64,
     /// Missing-block lookups.
     pub lookups: u64,
-    /// Pushed blocks that did not verify.
+    /// Pushed blocks (or final heads) that did not verify.
     pub bad_pushes: u64,
+    /// Whole blocks pushed to peers, and their bytes.
+    pub blocks_pushed: u64,
+    /// Bytes of those pushes.
+    pub pushed_bytes: u64,
+    /// Final heads (header and proof, no transactions) sent to peers that
+    /// have the block's body from gossip.
+    pub finals_sent: u64,
     /// Local failures (imports, syncs, adoption).
     pub local_failures: u64,
     /// Committee counters (validators with one key each).
