@@ -1281,3 +1281,78 @@ fn listening_on_a_port_in_use_is_an_error() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("already in use"), "{err}");
 }
+
+/// Finding servers of a root beyond one hop: the joiner knows only a
+/// bootstrap peer that serves another root, and keeps to one connection
+/// (`--min-peers 1`); the server of its root announced itself in the DHT
+/// as a provider, and the joiner's provider lookup finds it. (In a network
+/// this small, Kademlia's own bootstrap query also reaches the server; in
+/// a large one only the provider records lead to it.)
+#[test]
+fn a_joiner_finds_the_server_of_its_root_through_dht_provider_records() {
+    let d = tempfile::tempdir().unwrap();
+    let (store, root) = make_store(d.path(), "store", 6, "64KiB", "21");
+    let (other, other_root) = make_store(d.path(), "other", 2, "64KiB", "22");
+    assert_ne!(root, other_root);
+    let bstatus = d.path().join("b.status");
+    let (_b, baddr) = serve(
+        d.path(),
+        "b",
+        &other,
+        &["--status-file", s(&bstatus), "--min-peers", "1"],
+    );
+    let sstatus = d.path().join("s.status");
+    let (_s, saddr) = serve(
+        d.path(),
+        "s",
+        &store,
+        &[
+            "--peer",
+            &baddr,
+            "--status-file",
+            s(&sstatus),
+            "--min-peers",
+            "1",
+        ],
+    );
+    let sid = peer_id(&saddr);
+    // The server's provider record reached the bootstrap peer.
+    wait_for(
+        "the provider record published",
+        Duration::from_secs(60),
+        || {
+            status_of(&sstatus)
+                .is_some_and(|v| v["providers"]["published"].as_u64().unwrap_or(0) >= 1)
+        },
+    );
+    let out = d.path().join("out");
+    let o = fetch(
+        d.path(),
+        "j",
+        &root,
+        &out,
+        &[&baddr],
+        &["--min-peers", "1", "--timeout", "120"],
+    );
+    let v = summary(&o, d.path(), "j");
+    verify(&out, &root);
+    let per_peer = &v["bytes_per_peer"];
+    assert!(
+        per_peer[&sid].as_u64().unwrap_or(0) > 0,
+        "the data came from the provider: {v}"
+    );
+    // The status file may predate the end of so short a fetch: the log
+    // says how the server was found.
+    let log = std::fs::read_to_string(d.path().join("j.log")).unwrap_or_default();
+    assert!(
+        log.contains("found providers of the root in the DHT")
+            && log.contains("providers=1"),
+        "found through a provider lookup: {log}"
+    );
+    let bs = status_of(&bstatus).unwrap_or(Value::Null);
+    assert_eq!(
+        bs["serve"]["bytes_served"].as_u64().unwrap_or(0),
+        0,
+        "the bootstrap peer served nothing of it"
+    );
+}

@@ -218,7 +218,15 @@ pub fn build_swarm(keypair: Keypair, cfg: &NetConfig) -> Result<Swarm<Behaviour>
     );
     let behaviour = |key: &Keypair| -> Behaviour {
         let peer_id = key.public().to_peer_id();
-        let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+        // Provider records of checkpoint roots (see the node's
+        // runtime/providers.rs): checkpoints come and go within hours, so
+        // records live an hour and are republished every 20 minutes (the
+        // defaults, 48 h and 12 h, suit content that stays).
+        let mut kcfg = kad::Config::new(kad::PROTOCOL_NAME);
+        kcfg.set_provider_record_ttl(Some(Duration::from_secs(3600)));
+        kcfg.set_provider_publication_interval(Some(Duration::from_secs(1200)));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kcfg);
         kad.set_mode(Some(kad::Mode::Server));
         Behaviour {
             state: request_response::Behaviour::new(

@@ -46,6 +46,7 @@ pub use event::{
 };
 pub use fetch::{FetchRequest, FetchSummary, IoOptions, LocalReport, PeerReport};
 pub use node::{Events, FetchStatus, Node, NodeBuilder, NodeConfig, StartError, Status, Stopped};
+pub use runtime::ProviderStats;
 pub use serve::{ServeLimits, ServeStats};
 pub use statesync_engine::catchup::Force as CatchUp;
 pub use statesync_net::Security;

@@ -341,6 +341,9 @@ pub struct Status {
     pub dials: u64,
     /// Discovery rounds run.
     pub discoveries: u64,
+    /// Kademlia provider records: roots announced, lookups, providers
+    /// found and dialled.
+    pub providers: crate::runtime::ProviderStats,
     /// Peers blocked now (their connections are refused), for sending
     /// malformed requests.
     pub blocked: usize,

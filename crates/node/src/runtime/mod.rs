@@ -10,7 +10,10 @@
 //! sleeps until the earliest deadline any core reports (none when idle:
 //! no busy loops).
 
+mod providers;
 mod swarm;
+
+pub use providers::ProviderStats;
 
 use crate::chain::executor::ExecDone;
 use crate::chain::{ChainNode, ChainOut, ChainSetup};
@@ -140,6 +143,8 @@ pub(crate) struct EventLoop {
     /// Fetch counters of drivers that ended: (bytes, chunks, rejected).
     fetched_before: [u64; 3],
     last_advert_poll: Instant,
+    /// Kademlia provider records: roots announced, lookups.
+    providers: providers::Providers,
     #[cfg(feature = "fault-injection")]
     fault: Option<crate::fault::ServeFault>,
     #[cfg(feature = "fault-injection")]
@@ -310,6 +315,7 @@ impl EventLoop {
             metrics,
             fetched_before: [0; 3],
             last_advert_poll: now,
+            providers: providers::Providers::default(),
             #[cfg(feature = "fault-injection")]
             fault: cfg.serve_fault,
             #[cfg(feature = "fault-injection")]
@@ -653,6 +659,7 @@ impl EventLoop {
         self.update_metrics();
         self.refresh_and_announce(false);
         self.poll_adverts(now);
+        self.lookup_providers(now);
         for (&id, f) in &self.fetches {
             self.emit(Event::Fetch {
                 id,
@@ -801,6 +808,7 @@ impl EventLoop {
                 self.pending.insert(rid, Pending::Announce);
             }
         }
+        self.update_providing();
     }
 
     /// Asks connected peers that have not advertised a root being fetched
@@ -881,6 +889,7 @@ impl EventLoop {
             duplicates_closed: b.one_per_peer.duplicates_closed,
             dials: self.peers.stats.dials,
             discoveries: self.peers.stats.discoveries,
+            providers: self.providers.stats.clone(),
             blocked: self.blocked_until.len(),
             serve: self.server.as_ref().map(|s| s.stats.clone()),
             fetch: self

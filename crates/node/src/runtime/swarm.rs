@@ -132,6 +132,7 @@ impl EventLoop {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) if self.on_kad_providers(&ev) => {}
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::GetClosestPeers(r),
                 ..
