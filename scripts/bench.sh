@@ -7,6 +7,9 @@
 #   scripts/bench.sh sync --size 2GiB --rounds 3
 #   scripts/bench.sh blocks --blocks 3000 --rounds 3
 #   scripts/bench.sh gossip --nodes 512 --block 2MB   (simulation; HTML CDFs)
+#   scripts/bench.sh scale --small 1GiB --large 8GiB --changed 100MiB
+#     (the same change on two state sizes: incremental checkpoint and
+#      in-place sync; prints the large / small ratios)
 #   scripts/bench.sh hostile   (real processes: hostile peers, a half-open
 #     stream attack and 32 concurrent fetchers; crates/cli/tests/bench_hostile.rs)
 #   scripts/bench.sh sync --xfs --size 2GiB --rounds 3
@@ -30,7 +33,7 @@ if [ "${1:-}" = hostile ]; then
 fi
 cargo build --release -q
 what=manifest
-case "${1:-}" in manifest|sync|blocks|gossip) what=$1; shift;; esac
+case "${1:-}" in manifest|sync|blocks|gossip|scale) what=$1; shift;; esac
 if [ "$what" = sync ] && [ "${1:-}" = --xfs ]; then
   shift
   command -v mkfs.xfs >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq xfsprogs; }

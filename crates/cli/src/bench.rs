@@ -77,6 +77,9 @@ pub enum BenchCmd {
     /// mesh) vs a Turbine-like tree, honest and with Byzantine relays;
     /// writes an HTML report with the delivery-time CDFs.
     Gossip(crate::bench_gossip::Args),
+    /// Cost with the state's size: the same change on a small and a large
+    /// state (incremental checkpoint, in-place sync); prints large / small.
+    Scale(crate::bench_scale::Args),
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -160,6 +163,7 @@ struct Row {
 pub fn run(cmd: BenchCmd, json: bool) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Gossip(args) => crate::bench_gossip::run(args, json),
+        BenchCmd::Scale(args) => crate::bench_scale::run(args, json),
         BenchCmd::Manifest {
             dir,
             size,

@@ -13,6 +13,7 @@
 mod bench;
 mod bench_blocks;
 mod bench_gossip;
+mod bench_scale;
 mod bench_sync;
 mod config;
 mod demo;
@@ -86,7 +87,12 @@ enum Cmd {
 /// Keeps freed buffers in the heap instead of returning them to the kernel:
 /// chunk responses are megabytes each, and glibc's default (mmap per large
 /// block, trim on free) makes every response fault in and zero fresh pages,
-/// which measured as a quarter of the fetcher's CPU time.
+/// which measured as a quarter of the fetcher's CPU time. And at most two
+/// heap arenas: glibc's default (8 per core) gives each of the many threads
+/// (tokio workers, the blocking pool's file readers, the writer) its own
+/// arena, each kept at its high-water mark and fragmented; a node's resident
+/// memory then grew for the whole of a 30-minute soak (+25% after the
+/// warm-up), and with two arenas it stays flat at under half of that.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before any
@@ -94,6 +100,7 @@ fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -393,6 +393,7 @@ pub fn run(cmd: ToolCmd, json: bool, bars: bool) -> Result<ExitCode> {
             let opts = BuildOptions {
                 chunk_size: build.chunk_size,
                 sample_rate: build.sample_rate,
+                sample_budget: statesync_manifest::build::DEFAULT_SAMPLE_BUDGET,
                 height: build.height,
                 progress: Some(progress.clone()),
             };
@@ -696,6 +697,7 @@ fn checkpoint(c: CheckpointCmd, json: bool, bars: bool) -> Result<ExitCode> {
             let opts = CreateOptions {
                 chunk_size,
                 sample_rate,
+                sample_budget: statesync_manifest::build::DEFAULT_SAMPLE_BUDGET,
                 incremental: !full,
                 changes: changes.as_deref().map(read_changes).transpose()?,
                 progress: Some(progress.clone()),

@@ -1345,8 +1345,7 @@ fn a_joiner_finds_the_server_of_its_root_through_dht_provider_records() {
     // says how the server was found.
     let log = std::fs::read_to_string(d.path().join("j.log")).unwrap_or_default();
     assert!(
-        log.contains("found providers of the root in the DHT")
-            && log.contains("providers=1"),
+        log.contains("found providers of the root in the DHT") && log.contains("providers=1"),
         "found through a provider lookup: {log}"
     );
     let bs = status_of(&bstatus).unwrap_or(Value::Null);

@@ -18,6 +18,7 @@ fn opts(sample_rate: f64, height: u64) -> BuildOptions {
     BuildOptions {
         chunk_size: CS,
         sample_rate,
+        sample_budget: u64::MAX,
         height,
         progress: None,
     }
@@ -508,4 +509,60 @@ fn diff_plans_links_copies_zeros_and_fetches() {
     // Without local sources everything non-zero is fetched.
     let p = plan(&nm, &[]);
     assert_eq!(p.totals.bytes_fetch + p.totals.bytes_zero, p.totals.bytes);
+}
+
+#[test]
+fn the_sample_is_capped_by_its_byte_budget() {
+    use statesync_manifest::build::sample_rate_within;
+    // Under the budget the rate decides; over it, about `budget` bytes.
+    assert_eq!(
+        sample_rate_within(1.0 / 128.0, 32 << 20, 1 << 30),
+        1.0 / 128.0
+    );
+    let r = sample_rate_within(1.0 / 128.0, 32 << 20, 8 << 30);
+    assert!((r * (8u64 << 30) as f64 - (32u64 << 20) as f64).abs() < 1.0);
+    assert_eq!(sample_rate_within(2.0, 32 << 20, 0), 1.0, "clamped");
+    assert_eq!(sample_rate_within(0.5, 0, 100), 0.0);
+}
+
+#[test]
+fn an_incremental_build_rehashes_within_the_budget() {
+    // 64 reused chunks of CS bytes: rate 1 would rehash all of them; a budget
+    // of 8 chunks rehashes about 8.
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..8u8 {
+        std::fs::write(dir.join(format!("f{i}")), vec![i; (CS * 8) as usize]).unwrap();
+    }
+    let full = statesync_manifest::build(&dir, &opts(0.0, 1)).unwrap();
+    let prev = statesync_manifest::build::Previous {
+        manifest: &full.manifest,
+        dir: None,
+        stats: None,
+    };
+    let unlimited = statesync_manifest::build_incremental(
+        &dir,
+        &opts(1.0, 2),
+        &prev,
+        statesync_manifest::build::Hint::Exact(&Default::default()),
+    )
+    .unwrap();
+    assert_eq!(unlimited.report.chunks_sampled, 64);
+    let capped = statesync_manifest::build_incremental(
+        &dir,
+        &BuildOptions {
+            sample_budget: 8 * u64::from(CS),
+            ..opts(1.0, 2)
+        },
+        &prev,
+        statesync_manifest::build::Hint::Exact(&Default::default()),
+    )
+    .unwrap();
+    assert!(
+        (2..=20).contains(&capped.report.chunks_sampled),
+        "{} sampled",
+        capped.report.chunks_sampled
+    );
+    assert_eq!(capped.manifest.root(), full.manifest.root());
 }

@@ -521,6 +521,7 @@ impl Store {
         let bopts = BuildOptions {
             chunk_size: opts.chunk_size,
             sample_rate: opts.sample_rate,
+            sample_budget: opts.sample_budget,
             height,
             progress: opts.progress.clone(),
         };
@@ -714,6 +715,9 @@ pub struct CreateOptions {
     /// Fraction (0..=1) of reused chunks rehashed in an incremental build,
     /// to catch files modified behind the change set or through a hard link.
     pub sample_rate: f64,
+    /// At most this many bytes rehashed by that sample
+    /// (`statesync_manifest::build::DEFAULT_SAMPLE_BUDGET`).
+    pub sample_budget: u64,
     /// Build from the previous checkpoint when there is one: hard-link
     /// unchanged files and hash only what changed. `false` copies and hashes
     /// everything (`--full`).
@@ -732,6 +736,7 @@ impl Default for CreateOptions {
         CreateOptions {
             chunk_size: statesync_manifest::format::DEFAULT_CHUNK_SIZE,
             sample_rate: statesync_manifest::build::DEFAULT_SAMPLE_RATE,
+            sample_budget: statesync_manifest::build::DEFAULT_SAMPLE_BUDGET,
             incremental: true,
             changes: None,
             progress: None,

@@ -10,7 +10,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Fraction of trusted (kept or linked) chunks rehashed at the end of a sync.
+/// Fraction of trusted (kept or linked) chunks rehashed at the end of a
+/// sync, up to 32 MiB (`statesync_manifest::build::DEFAULT_SAMPLE_BUDGET`):
+/// the rate for states up to 2 GiB, a fixed budget beyond.
 pub const TRUSTED_SAMPLE_RATE: f64 = 1.0 / 64.0;
 
 /// What the final check before promotion found.
@@ -65,7 +67,15 @@ pub fn promote(
         t.extend(staging.written()?);
         t
     };
-    let threshold = (TRUSTED_SAMPLE_RATE * u64::MAX as f64) as u64;
+    // The sample costs a bounded budget, not a share of the state: at most
+    // `DEFAULT_SAMPLE_BUDGET` bytes (32 MiB) whatever the state's size.
+    let trusted_bytes = trusted.len() as u64 * u64::from(m.chunk_size());
+    let rate = statesync_manifest::build::sample_rate_within(
+        TRUSTED_SAMPLE_RATE,
+        statesync_manifest::build::DEFAULT_SAMPLE_BUDGET,
+        trusted_bytes,
+    );
+    let threshold = (rate * u64::MAX as f64) as u64;
     let seed = staging.sample_seed() ^ 0x9e37_79b9_7f4a_7c15;
     let check = |i: u64| {
         !trusted.contains(&i) || statesync_manifest::build::sample_selected(seed, i, threshold)
