@@ -115,35 +115,34 @@ impl ChainNode {
     /// gossip brought, or waited for while it is being decoded, or the
     /// block fetched from that peer.
     fn on_final(&mut self, peer: PeerId, head: &[u8], now: Instant) {
-        let head = match Block::decode_head(head)
-            .map_err(|e| e.to_string())
-            .and_then(|(header, proof)| {
-                if header.chain != self.spec.id {
-                    return Err("another chain".to_string());
-                }
-                self.spec
-                    .verify_proof(&header, &proof)
-                    .map_err(|e| e.to_string())?;
-                Ok(Block {
-                    header,
-                    proof,
-                    txs: Vec::new(),
-                })
-            }) {
-            Ok(h) => h,
-            Err(e) => {
-                self.stats.bad_pushes += 1;
-                warn!(%peer, "dropped a bad final head from the peer: {e}");
-                self.out.push_back(ChainOut::Penalize(peer));
-                return;
-            }
+        let bad = |n: &mut Self, e: String| {
+            n.stats.bad_pushes += 1;
+            warn!(%peer, "dropped a bad final head from the peer: {e}");
+            n.out.push_back(ChainOut::Penalize(peer));
         };
-        let h = head.height();
+        let (header, proof) = match Block::decode_head(head) {
+            Ok(x) => x,
+            Err(e) => return bad(self, e.to_string()),
+        };
+        if header.chain != self.spec.id {
+            return bad(self, "another chain".into());
+        }
+        let h = header.height;
         if h <= self.head.max(self.joined) {
-            // Had, or joined and on its way in: one join per height.
+            // Had, or joined and on its way in: one join per height, and no
+            // signature checks spent on old news (a claim at or below our
+            // head cannot mislead the catch-up).
             self.catchup.handle_peer_head(&peer, h);
             return;
         }
+        if let Err(e) = self.spec.verify_proof(&header, &proof) {
+            return bad(self, e.to_string());
+        }
+        let head = Block {
+            header,
+            proof,
+            txs: Vec::new(),
+        };
         let joined = self.committee.as_ref().and_then(|c| c.assemble(&head));
         if let Some(b) = joined {
             if self.on_pushed_block(peer, b, now) {
