@@ -482,10 +482,15 @@ impl Store {
         };
         let mut source_stats = StatCache::new(recorded);
         let mut linked = 0u64;
+        // Parents created so far: one mkdir per directory, not per file.
+        let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
         for f in &files {
             let dst = statesync_manifest::path::join(&state, &f.path);
-            if let Some(parent) = dst.parent() {
+            if let Some(parent) = dst.parent()
+                && !made.contains(parent)
+            {
                 std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                made.insert(parent.to_path_buf());
             }
             let unchanged = prev_ctx.as_ref().is_some_and(|(ph, m, _, ss)| {
                 let in_prev = m
@@ -508,9 +513,13 @@ impl Store {
                 let from = statesync_manifest::path::join(&self.state_dir(*ph), &f.path);
                 std::fs::hard_link(&from, &dst).map_err(io("link", &dst))?;
                 linked += 1;
-            } else {
-                copy_file(&f.abs, &dst, f.executable)?;
+                // Nothing was read from the source: its metadata from the
+                // scan is what the next build compares (had it changed
+                // since, the next build sees another stat and rehashes).
+                source_stats.insert(f.path.clone(), f.stat);
+                continue;
             }
+            copy_file(&f.abs, &dst, f.executable)?;
             // Record the source as it was when copied; a source file that
             // moved during the copy will not match next time.
             let now = std::fs::symlink_metadata(&f.abs).map_err(io("stat", &f.abs))?;
