@@ -288,7 +288,10 @@ fn an_undecodable_block_is_given_up() {
 /// Runs a committee of `N` (proposer 0) plus one listener (id `N`)
 /// subscribed to `subscribed`, until nothing moves; returns the listener,
 /// the messages each member sent it, and the time reached.
-fn with_listener(subscribed: &[u16]) -> (Gossip<Keyed>, Vec<(u16, Arc<Message>)>, Instant) {
+/// Messages received, as (sender, message).
+type Received = Vec<(u16, Arc<Message>)>;
+
+fn with_listener(subscribed: &[u16]) -> (Gossip<Keyed>, Received, Instant) {
     let t0 = Instant::now();
     let mut cores: Vec<Gossip<Keyed>> = (0..N).map(|i| node(i, Config::default())).collect();
     let mut l = Gossip::listener(N, Config::default(), Keyed);
