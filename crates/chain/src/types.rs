@@ -689,6 +689,23 @@ impl<'a> Cursor<'a> {
         a.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(a))
     }
+    /// `header || u16 count || (u16 index, sig[64]) * count`, at most
+    /// [`MAX_SIGS`] signatures: the start of a block, and a final head.
+    fn head(&mut self) -> Result<(Header, FinalityProof), ChainError> {
+        let header = Header::decode(self.take(HEADER_LEN)?)?;
+        let n = self.u16()? as usize;
+        if n > MAX_SIGS {
+            return Err(malformed(self.what, format!("{n} signatures")));
+        }
+        let mut sigs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let i = self.u16()?;
+            let mut s = [0u8; 64];
+            s.copy_from_slice(self.take(64)?);
+            sigs.push((i, s));
+        }
+        Ok((header, FinalityProof { sigs }))
+    }
 }
 
 impl Block {
@@ -706,15 +723,8 @@ impl Block {
     /// u32 tx count || (u64 key, u8 len, value)*. Limits are not checked
     /// here.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(
-            HEADER_LEN + 2 + self.proof.sigs.len() * 66 + 4 + self.txs.len() * 40,
-        );
-        b.extend_from_slice(&self.header.encode());
-        b.extend_from_slice(&(self.proof.sigs.len() as u16).to_le_bytes());
-        for (i, s) in &self.proof.sigs {
-            b.extend_from_slice(&i.to_le_bytes());
-            b.extend_from_slice(s);
-        }
+        let mut b = self.encode_head();
+        b.reserve(4 + self.txs.len() * 40);
         encode_txs(&self.txs, &mut b);
         b
     }
@@ -737,22 +747,11 @@ impl Block {
     /// [`Spec::verify_proof`], not here.
     pub fn decode_head(b: &[u8]) -> Result<(Header, FinalityProof), ChainError> {
         let mut c = Cursor { b, what: "head" };
-        let header = Header::decode(c.take(HEADER_LEN)?)?;
-        let n = c.u16()? as usize;
-        if n > MAX_SIGS {
-            return Err(malformed("head", format!("{n} signatures")));
-        }
-        let mut sigs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let i = c.u16()?;
-            let mut s = [0u8; 64];
-            s.copy_from_slice(c.take(64)?);
-            sigs.push((i, s));
-        }
+        let head = c.head()?;
         if !c.b.is_empty() {
             return Err(malformed("head", format!("{} trailing bytes", c.b.len())));
         }
-        Ok((header, FinalityProof { sigs }))
+        Ok(head)
     }
 
     /// Decodes a block strictly ([`ChainError::Malformed`] otherwise): at
@@ -768,18 +767,7 @@ impl Block {
             ));
         }
         let mut c = Cursor { b, what: "block" };
-        let header = Header::decode(c.take(HEADER_LEN)?)?;
-        let n = c.u16()? as usize;
-        if n > MAX_SIGS {
-            return Err(malformed("block", format!("{n} signatures")));
-        }
-        let mut sigs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let i = c.u16()?;
-            let mut s = [0u8; 64];
-            s.copy_from_slice(c.take(64)?);
-            sigs.push((i, s));
-        }
+        let (header, proof) = c.head()?;
         let t = c.u32()? as usize;
         if t > MAX_TXS {
             return Err(malformed("block", format!("{t} transactions")));
@@ -799,11 +787,7 @@ impl Block {
         if !c.b.is_empty() {
             return Err(malformed("block", format!("{} trailing bytes", c.b.len())));
         }
-        Ok(Block {
-            header,
-            proof: FinalityProof { sigs },
-            txs,
-        })
+        Ok(Block { header, proof, txs })
     }
 }
 

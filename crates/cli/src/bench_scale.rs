@@ -5,11 +5,11 @@
 //! (`fetch --in-place`), timed alternately on both sizes, inputs re-read
 //! before each run; medians and the large / small ratios are printed.
 
+use crate::bench_sync::{Killed, me, run_json, s, timed, wait_file};
 use crate::output as ui;
 use statesync_synth::{self as synth, GenSpec, MutateSpec};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode, Stdio};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -34,34 +34,6 @@ pub struct Args {
     /// Timed rounds (medians are reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn me() -> Result<PathBuf> {
-    Ok(std::env::current_exe()?)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap_or("")
-}
-
-fn run_json(args: &[&str]) -> Result<serde_json::Value> {
-    let o = Command::new(me()?)
-        .arg("--json")
-        .arg("--quiet")
-        .args(args)
-        .output()?;
-    if !o.status.success() {
-        return Err(format!("statesync {args:?}: {}", String::from_utf8_lossy(&o.stderr)).into());
-    }
-    Ok(serde_json::from_slice(&o.stdout)?)
 }
 
 /// One state size: its data, store, server and roots.
@@ -158,13 +130,6 @@ fn setup(dir: &Path, size: u64, a: &Args) -> Result<Setup> {
             .stderr(Stdio::null())
             .spawn()?,
     );
-    let t = Instant::now();
-    while !af.exists() {
-        if t.elapsed() > Duration::from_secs(30) {
-            return Err("the server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     Ok(Setup {
         size,
         src,
@@ -173,20 +138,9 @@ fn setup(dir: &Path, size: u64, a: &Args) -> Result<Setup> {
         old_state: cp1.join("state"),
         old_manifest: cp1.join("manifest"),
         new_root,
-        addr: std::fs::read_to_string(&af)?,
+        addr: wait_file(&af)?,
         _server: server,
     })
-}
-
-fn timed(mut c: Command) -> Result<f64> {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    let t = Instant::now();
-    let o = c.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
-    if !o.status.success() {
-        return Err(format!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr)).into());
-    }
-    Ok(t.elapsed().as_secs_f64())
 }
 
 /// An incremental checkpoint of the changed state at a fresh height (then
@@ -200,7 +154,7 @@ fn incremental(x: &Setup, height: u64) -> Result<f64> {
         .arg(&x.src)
         .arg("--changes")
         .arg(&x.changes);
-    let t = timed(c)?;
+    let t = timed(c, 0)?;
     let (st, _) = statesync_store::Store::open(&x.store)?;
     st.remove(height)?;
     Ok(t)
@@ -239,7 +193,7 @@ fn in_place(x: &Setup, dir: &Path) -> Result<f64> {
         .arg(&data)
         .args(["--peer", &x.addr, "--in-place"])
         .arg(format!("{}={}", s(&work), s(&x.old_manifest)));
-    let t = timed(c)?;
+    let t = timed(c, 0)?;
     for p in [&work, &out, &data] {
         let _ = std::fs::remove_dir_all(p);
     }

@@ -19,7 +19,8 @@ pub struct Args {
     pub changed_pct: f64,
 }
 
-struct Killed(Child);
+/// A child process killed when dropped (benchmark servers).
+pub(crate) struct Killed(pub(crate) Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -27,11 +28,13 @@ impl Drop for Killed {
     }
 }
 
-fn me() -> Result<PathBuf> {
+/// This binary (benchmarks run its subcommands).
+pub(crate) fn me() -> Result<PathBuf> {
     Ok(std::env::current_exe()?)
 }
 
-fn run_json(args: &[&str]) -> Result<serde_json::Value> {
+/// Runs `statesync --json --quiet ARGS` and parses its output.
+pub(crate) fn run_json(args: &[&str]) -> Result<serde_json::Value> {
     let o = Command::new(me()?)
         .arg("--json")
         .arg("--quiet")
@@ -43,7 +46,7 @@ fn run_json(args: &[&str]) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&o.stdout)?)
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap_or("")
 }
 
@@ -53,7 +56,8 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn wait_file(p: &Path) -> Result<String> {
+/// Waits (up to 30 s) for a file a started process writes, and reads it.
+pub(crate) fn wait_file(p: &Path) -> Result<String> {
     let t = Instant::now();
     while !p.exists() {
         if t.elapsed() > Duration::from_secs(30) {
@@ -89,7 +93,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// the page cache (rsync) after a run that did not (statesync's direct
 /// writes leave no freed page-cache pages behind). Touching and freeing the
 /// state's size in memory first gives every contender the same start.
-fn timed(mut c: Command, warm_bytes: usize) -> Result<f64> {
+pub(crate) fn timed(mut c: Command, warm_bytes: usize) -> Result<f64> {
     drop(std::hint::black_box(vec![1u8; warm_bytes]));
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
